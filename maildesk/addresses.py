@@ -1,0 +1,88 @@
+"""Ticket reply addresses, VERP bounce addresses and the subject tag.
+
+`support+42-k3j9q2xa@example.com` routes a reply to ticket 42; the token is a
+truncated HMAC of the ticket id with `desk.secret`, so it cannot be guessed.
+`bounces+1234-9qk2m1zt@example.com` is the envelope sender of outbox message
+1234, so a bounce names exactly the message that bounced.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable
+
+TOKEN_LENGTH = 8
+BOUNCE_LOCAL = "bounces"
+
+
+def token(secret: str, purpose: str, number: int) -> str:
+    mac = hmac.new(secret.encode(), f"{purpose}:{number}".encode(), hashlib.sha256).digest()
+    return base64.b32encode(mac).decode("ascii").lower()[:TOKEN_LENGTH]
+
+
+def _split(address: str) -> tuple[str, str]:
+    local, _, domain = address.lower().rpartition("@")
+    return local, domain
+
+
+def reply_address(desk_address: str, secret: str, ticket_id: int) -> str:
+    local, domain = _split(desk_address)
+    return f"{local}+{ticket_id}-{token(secret, 'ticket', ticket_id)}@{domain}"
+
+
+def bounce_address(desk_address: str, secret: str, outbox_id: int) -> str:
+    _, domain = _split(desk_address)
+    return f"{BOUNCE_LOCAL}+{outbox_id}-{token(secret, 'bounce', outbox_id)}@{domain}"
+
+
+_PLUS = re.compile(r"^(?P<base>[^+@]+)\+(?P<id>\d{1,12})-(?P<token>[a-z2-7]+)$")
+
+
+def _plus_parts(address: str) -> tuple[str, int, str, str] | None:
+    local, domain = _split(address)
+    m = _PLUS.match(local)
+    if not m:
+        return None
+    return m["base"], int(m["id"]), m["token"], domain
+
+
+def ticket_from_reply_address(address: str, desk_addresses: Iterable[str], secret: str) -> int | None:
+    """The ticket id of a reply address with a valid token, else None."""
+    parts = _plus_parts(address)
+    if parts is None:
+        return None
+    base, number, tok, domain = parts
+    if f"{base}@{domain}" not in {a.lower() for a in desk_addresses}:
+        return None
+    return number if hmac.compare_digest(tok, token(secret, "ticket", number)) else None
+
+
+def outbox_from_bounce_address(address: str, desk_address: str, secret: str) -> int | None:
+    parts = _plus_parts(address)
+    if parts is None:
+        return None
+    base, number, tok, domain = parts
+    if base != BOUNCE_LOCAL or domain != _split(desk_address)[1]:
+        return None
+    return number if hmac.compare_digest(tok, token(secret, "bounce", number)) else None
+
+
+def is_desk_recipient(address: str, desk_addresses: Iterable[str]) -> bool:
+    """RCPT policy: a desk address, one of its `+` forms, or the bounce address."""
+    local, domain = _split(address)
+    base = local.split("+", 1)[0]
+    desks = {a.lower() for a in desk_addresses}
+    if f"{base}@{domain}" in desks:
+        return True
+    return base == BOUNCE_LOCAL and "+" in local and any(_split(d)[1] == domain for d in desks)
+
+
+def subject_tag(prefix: str, ticket_id: int) -> str:
+    return f"[{prefix}#{ticket_id}]"
+
+
+def tag_pattern(prefix: str) -> re.Pattern[str]:
+    return re.compile(r"\[\s*" + re.escape(prefix) + r"\s*#\s*(\d{1,12})\s*\]", re.IGNORECASE)

@@ -1,0 +1,49 @@
+"""Prometheus metrics (SPEC §6): the only importer of prometheus-client.
+
+Counters are process-wide; the daemon serves them with /healthz on
+`metrics.listen`. Gauges that describe the database (tickets by status,
+outbox backlog) are filled at scrape time by `refresh`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry()
+
+received = Counter(
+    "maildesk_messages_received", "Messages committed to the inbox", ["source"], registry=REGISTRY
+)
+processed = Counter(
+    "maildesk_messages_processed", "Messages processed, by resulting state", ["state"],
+    registry=REGISTRY,
+)
+failed = Counter("maildesk_messages_failed", "Messages parked as failed", registry=REGISTRY)
+latency = Histogram(
+    "maildesk_processing_latency_seconds", "From inbox commit to ticket commit",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=REGISTRY,
+)
+smtp_rejected = Counter(
+    "maildesk_smtp_rejected", "SMTP commands refused", ["code"], registry=REGISTRY
+)
+outbox_sent = Counter("maildesk_outbox_sent", "Outgoing messages delivered", registry=REGISTRY)
+outbox_failed = Counter(
+    "maildesk_outbox_failed", "Outgoing messages given up (5xx or too old)", registry=REGISTRY
+)
+outbox_backlog = Gauge(
+    "maildesk_outbox_backlog", "Outgoing messages waiting to be sent", registry=REGISTRY
+)
+tickets = Gauge("maildesk_tickets", "Tickets by status", ["status"], registry=REGISTRY)
+sla_breaches = Counter("maildesk_sla_breaches", "SLA due times passed", registry=REGISTRY)
+mailbox_up = Gauge(
+    "maildesk_mailbox_up", "1 when the IMAP mailbox is connected and logged in", ["mailbox"],
+    registry=REGISTRY,
+)
+mailbox_errors = Counter(
+    "maildesk_mailbox_errors", "IMAP connection or login failures", ["mailbox", "kind"],
+    registry=REGISTRY,
+)
+mailbox_fetched = Counter(
+    "maildesk_mailbox_fetched", "Messages fetched from IMAP and committed", ["mailbox"],
+    registry=REGISTRY,
+)

@@ -1,0 +1,158 @@
+"""Engine, transactions and schema migrations.
+
+SQLite runs in WAL mode with `synchronous=FULL`, so a committed message is on
+disk before SMTP answers 250. Write transactions on SQLite start with
+`BEGIN IMMEDIATE`: two processes never both read a ticket and then both
+write it (the lost-update case). On PostgreSQL, the threading step takes a
+transaction-level advisory lock for the same reason (see `lock_threading`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+import threading
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, inspect, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlmodel import Session, create_engine
+
+log = logging.getLogger(__name__)
+
+THREADING_LOCK_KEY = 0x6D61696C  # "mail": one advisory lock serialises threading on PostgreSQL
+MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
+
+
+class StoreUnavailable(Exception):
+    """The database cannot take a write now (down, locked, read-only, disk full).
+
+    Callers turn this into a temporary failure: SMTP 451, exit code 75.
+    """
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 5, echo: bool = False) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self._writer: AbstractContextManager[object] = (
+            threading.Lock() if self.is_sqlite else nullcontext())
+        if self.is_sqlite:
+            path = url.removeprefix("sqlite:///")
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = self._sqlite_engine(url, immediate=True, echo=echo)
+            self.read_engine = self._sqlite_engine(url, immediate=False, echo=echo)
+        else:
+            self.engine = create_engine(
+                url, pool_size=pool_size, pool_pre_ping=True, echo=echo,
+                connect_args={"connect_timeout": 5},
+            )
+            self.read_engine = self.engine
+
+    @staticmethod
+    def _sqlite_engine(url: str, *, immediate: bool, echo: bool) -> Engine:
+        engine = create_engine(url, echo=echo, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            conn.exec_driver_sql(begin)
+
+        return engine
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """One write transaction: commits on success, rolls back on error.
+
+        Database-side failures surface as StoreUnavailable. On SQLite the threads of one
+        process take turns on a lock first: SQLite itself makes a waiting writer sleep
+        1, 2, 5, 10... ms between retries, which costs the daemon (intake, worker and
+        sender all write) most of its throughput."""
+        with self._writer, self._transaction() as session:
+            yield session
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        try:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                yield session
+        except (OperationalError, DBAPIError) as exc:
+            if isinstance(exc, DBAPIError) and not _is_transient(exc):
+                raise
+            raise StoreUnavailable(_one_line(exc)) from exc
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        try:
+            with Session(self.read_engine, expire_on_commit=False) as session:
+                yield session
+        except OperationalError as exc:
+            raise StoreUnavailable(_one_line(exc)) from exc
+
+    def lock_threading(self, session: Session) -> None:
+        """Serialise ticket creation and threading across processes (PostgreSQL).
+
+        On SQLite, BEGIN IMMEDIATE already gives one writer at a time."""
+        if not self.is_sqlite:
+            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": THREADING_LOCK_KEY})
+
+    def has_schema(self) -> bool:
+        try:
+            return inspect(self.read_engine).has_table("inbox")
+        except OperationalError as exc:
+            raise StoreUnavailable(_one_line(exc)) from exc
+
+    def upgrade(self) -> None:
+        """Apply Alembic migrations up to head."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.set_main_option("sqlalchemy.url", self.url)
+        try:
+            with self.engine.connect() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except OperationalError as exc:
+            raise StoreUnavailable(_one_line(exc)) from exc
+
+    def ensure_schema(self) -> None:
+        if not self.has_schema():
+            self.upgrade()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+        if self.read_engine is not self.engine:
+            self.read_engine.dispose()
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    """Connection loss, locks, read-only or full disks: worth a retry later."""
+    if exc.connection_invalidated:
+        return True
+    msg = str(exc.orig).lower()
+    return any(
+        word in msg
+        for word in ("locked", "readonly", "read-only", "disk", "connection", "terminat", "timeout")
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return " ".join(str(orig).split())[:300] or type(orig).__name__

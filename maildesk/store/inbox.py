@@ -1,0 +1,201 @@
+"""The durable raw inbox: every message is committed here before anything else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, or_, update
+from sqlmodel import Session, col, select
+
+from maildesk.domain import InboxState, Source
+from maildesk.store.db import Database
+from maildesk.store.tables import InboxRow
+
+LEASE = timedelta(minutes=5)  # a worker that dies mid-message gives it back after this
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    id: int
+    received_at: datetime
+    source: str
+    origin: str | None
+    envelope_from: str | None
+    envelope_to: tuple[str, ...]
+    message_id: str | None
+    content_hash: str
+    size: int
+    state: InboxState
+    reason: str | None
+    attempts: int
+    ticket_id: int | None
+
+
+def _item(row: InboxRow) -> InboxItem:
+    assert row.id is not None
+    return InboxItem(
+        id=row.id, received_at=row.received_at, source=row.source, origin=row.origin,
+        envelope_from=row.envelope_from,
+        envelope_to=tuple(a for a in row.envelope_to.split(",") if a),
+        message_id=row.message_id, content_hash=row.content_hash, size=row.size,
+        state=InboxState(row.state), reason=row.reason, attempts=row.attempts,
+        ticket_id=row.ticket_id,
+    )
+
+
+def new_row(
+    raw: bytes, *, source: Source, message_id: str | None, content_hash: str,
+    envelope_from: str | None = None, envelope_to: tuple[str, ...] = (),
+    origin: str | None = None, now: datetime | None = None,
+) -> InboxRow:
+    return InboxRow(
+        received_at=now or utcnow(), source=source.value, origin=origin,
+        envelope_from=envelope_from, envelope_to=",".join(envelope_to),
+        message_id=message_id, content_hash=content_hash, size=len(raw), raw=raw,
+    )
+
+
+def add(db: Database, row: InboxRow) -> int:
+    """Commit one raw message; returns its inbox id. Raises StoreUnavailable."""
+    with db.write() as s:
+        s.add(row)
+        s.flush()
+        assert row.id is not None
+        return row.id
+
+
+def add_many(db: Database, rows: list[InboxRow]) -> list[int]:
+    """Commit several raw messages in one transaction (IMAP batches)."""
+    with db.write() as s:
+        s.add_all(rows)
+        s.flush()
+        return [r.id for r in rows if r.id is not None]
+
+
+def seen_before(s: Session, message_id: str | None, content_hash: str) -> bool:
+    """Is a message with this identity already in the inbox (any state but failed)?"""
+    q = select(InboxRow.id).where(
+        InboxRow.content_hash == content_hash, col(InboxRow.state) != InboxState.FAILED.value
+    )
+    q = q.where(InboxRow.message_id == message_id) if message_id else q
+    return s.exec(q.limit(1)).first() is not None
+
+
+def find_processed_twin(s: Session, row: InboxRow) -> InboxRow | None:
+    """An earlier message with the same identity that was already processed or ignored.
+
+    Identity is (Message-ID, content hash); without a Message-ID, the hash alone."""
+    q = select(InboxRow).where(
+        InboxRow.content_hash == row.content_hash,
+        col(InboxRow.id) != row.id,
+        col(InboxRow.state).in_([InboxState.PROCESSED.value, InboxState.IGNORED.value]),
+    )
+    if row.message_id:
+        q = q.where(InboxRow.message_id == row.message_id)
+    else:
+        q = q.where(col(InboxRow.message_id).is_(None))
+    return s.exec(q.order_by(col(InboxRow.id)).limit(1)).first()
+
+
+def claim(db: Database, *, limit: int, now: datetime | None = None) -> list[int]:
+    """Lease up to `limit` queued messages for processing, oldest first.
+
+    On PostgreSQL several processes claim concurrently with SKIP LOCKED; on
+    SQLite the write transaction is exclusive anyway."""
+    now = now or utcnow()
+    with db.write() as s:
+        q = (
+            select(InboxRow.id)
+            .where(
+                InboxRow.state == InboxState.QUEUED.value,
+                or_(col(InboxRow.claimed_until).is_(None), col(InboxRow.claimed_until) < now),
+            )
+            .order_by(col(InboxRow.id))
+            .limit(limit)
+        )
+        if not db.is_sqlite:
+            q = q.with_for_update(skip_locked=True)
+        ids = [i for i in s.exec(q).all() if i is not None]
+        if ids:
+            s.execute(
+                update(InboxRow).where(col(InboxRow.id).in_(ids)).values(claimed_until=now + LEASE)
+            )
+        return ids
+
+
+def load(s: Session, inbox_id: int) -> InboxRow | None:
+    return s.get(InboxRow, inbox_id)
+
+
+def get(db: Database, inbox_id: int) -> InboxItem | None:
+    with db.read() as s:
+        row = s.get(InboxRow, inbox_id)
+        return _item(row) if row else None
+
+
+def raw_of(db: Database, inbox_id: int) -> bytes | None:
+    with db.read() as s:
+        row = s.get(InboxRow, inbox_id)
+        return row.raw if row else None
+
+
+def mark(
+    s: Session, row: InboxRow, state: InboxState, *, reason: str | None = None,
+    ticket_id: int | None = None, entry_id: int | None = None, now: datetime | None = None,
+) -> None:
+    row.state = state.value
+    row.reason = reason
+    row.ticket_id = ticket_id
+    row.entry_id = entry_id
+    row.processed_at = now or utcnow()
+    row.claimed_until = None
+    s.add(row)
+
+
+def record_failure(db: Database, inbox_id: int, reason: str) -> None:
+    """Park a message that processing could not handle: `failed`, with a one-line reason.
+
+    Processing is deterministic, so retrying by itself would fail the same way;
+    `maildesk inbox retry` puts it back once the cause is fixed. (A database
+    outage is not a failure: the message stays queued and its lease runs out.)"""
+    with db.write() as s:
+        row = s.get(InboxRow, inbox_id)
+        if row is None:
+            return
+        row.attempts += 1
+        row.reason = " ".join(reason.split())[:500]
+        row.claimed_until = None
+        row.state = InboxState.FAILED.value
+        s.add(row)
+
+
+def requeue(db: Database, inbox_id: int) -> bool:
+    """`maildesk inbox retry`: put a failed (or ignored) message back in the queue."""
+    with db.write() as s:
+        row = s.get(InboxRow, inbox_id)
+        if row is None:
+            return False
+        row.state = InboxState.QUEUED.value
+        row.attempts = 0
+        row.claimed_until = None
+        s.add(row)
+        return True
+
+
+def list_items(db: Database, *, state: InboxState | None = None, limit: int = 200) -> list[InboxItem]:
+    with db.read() as s:
+        q = select(InboxRow).order_by(col(InboxRow.id).desc()).limit(limit)
+        if state is not None:
+            q = q.where(InboxRow.state == state.value)
+        return [_item(r) for r in s.exec(q).all()]
+
+
+def count_by_state(db: Database) -> dict[str, int]:
+    with db.read() as s:
+        rows = s.exec(select(InboxRow.state, func.count()).group_by(InboxRow.state)).all()
+        return {state: n for state, n in rows}

@@ -1,0 +1,171 @@
+"""SQLModel tables: the database schema, and nothing else.
+
+Times are timezone-aware UTC datetimes (sqlmodel's UTCDateTime refuses naive
+ones). Changing a table here needs a new
+Alembic revision in maildesk/migrations/versions.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class InboxRow(SQLModel, table=True):
+    """One raw message as it arrived, committed before anything else happens."""
+
+    __tablename__ = "inbox"
+    __table_args__ = (Index("ix_inbox_dedupe", "content_hash", "message_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: datetime
+    source: str  # smtp | imap | cli
+    origin: str | None = None  # imap "mailbox/folder/uid", smtp peer, file name
+    envelope_from: str | None = None  # "" is the null sender <>
+    envelope_to: str = ""  # comma-separated RCPT TO addresses
+    message_id: str | None = Field(default=None, max_length=998)
+    content_hash: str = Field(max_length=64)
+    size: int
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    state: str = Field(default="queued", index=True, max_length=16)
+    reason: str | None = None
+    attempts: int = 0
+    claimed_until: datetime | None = None  # lease of the worker processing it
+    ticket_id: int | None = Field(default=None, index=True)
+    entry_id: int | None = None
+    processed_at: datetime | None = None
+
+
+class TicketRow(SQLModel, table=True):
+    __tablename__ = "ticket"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subject: str = ""
+    subject_key: str = Field(default="", index=True)  # normalised, for the subject window
+    status: str = Field(default="new", index=True, max_length=16)
+    priority: str = Field(default="normal", max_length=16)
+    queue: str = Field(default="general", index=True)
+    assignee: str | None = None
+    requester: str = ""
+    reply_to: str | None = None
+    tags: str = ""  # space-separated
+    created_at: datetime
+    updated_at: datetime
+    last_activity_at: datetime  # last customer or agent message (subject window counts from it)
+    last_customer_at: datetime | None = None
+    first_response_at: datetime | None = None
+    agent_touched: bool = False  # any agent action: such tickets are linked, never merged
+    merged_into: int | None = Field(default=None, index=True)
+    solved_at: datetime | None = None
+    closed_at: datetime | None = None
+    first_response_due: datetime | None = None
+    next_response_due: datetime | None = None
+    resolution_due: datetime | None = None
+
+
+class ParticipantRow(SQLModel, table=True):
+    __tablename__ = "participant"
+    __table_args__ = (UniqueConstraint("ticket_id", "address"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(index=True)
+    address: str = Field(index=True)
+    role: str = "cc"  # requester | cc
+
+
+class EntryRow(SQLModel, table=True):
+    __tablename__ = "entry"
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(index=True)
+    inbox_id: int | None = Field(default=None, index=True)
+    kind: str = Field(max_length=16)  # customer | agent_reply | note | system
+    from_addr: str | None = None
+    subject: str = ""
+    body: str = ""  # display body: quotes and signature stripped
+    created_at: datetime
+    message_id: str | None = Field(default=None, index=True, max_length=998)
+    verified: bool | None = None
+    thread_rule: str = ""
+    thread_reason: str = ""
+
+
+class MessageRefRow(SQLModel, table=True):
+    """Every id a ticket knows: its messages' own ids, the ids they reference,
+    and Outlook Thread-Index roots. Threading looks a new message's ids up here,
+    which covers both directions (reply before original and original before reply)."""
+
+    __tablename__ = "message_ref"
+    __table_args__ = (UniqueConstraint("key", "ticket_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(index=True, max_length=998)  # message id, or "ti:<root>"
+    ticket_id: int = Field(index=True)
+    kind: str = "own"  # own | ref | thread_index
+
+
+class AttachmentRow(SQLModel, table=True):
+    __tablename__ = "attachment"
+
+    id: int | None = Field(default=None, primary_key=True)
+    entry_id: int = Field(index=True)
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class TicketLinkRow(SQLModel, table=True):
+    __tablename__ = "ticket_link"
+    __table_args__ = (UniqueConstraint("ticket_id", "other_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(index=True)
+    other_id: int = Field(index=True)
+    reason: str = ""
+
+
+class OutboxRow(SQLModel, table=True):
+    """A fully rendered outgoing message, written in the ticket change's transaction."""
+
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int | None = Field(default=None, index=True)
+    entry_id: int | None = None
+    template: str = ""
+    automatic: bool = True  # counts against loop.max_auto_replies_per_hour
+    recipients: str = ""  # comma-separated
+    envelope_from: str = ""
+    message_id: str = Field(index=True, unique=True, max_length=998)
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime
+    state: str = Field(default="pending", index=True, max_length=16)  # pending|sent|failed
+    attempts: int = 0
+    next_attempt_at: datetime | None = Field(default=None, index=True)
+    claimed_until: datetime | None = None
+    last_error: str | None = None
+    sent_at: datetime | None = None
+
+
+class SuppressionRow(SQLModel, table=True):
+    __tablename__ = "suppression"
+
+    address: str = Field(primary_key=True)
+    reason: str = ""
+    created_at: datetime
+
+
+class MailboxStateRow(SQLModel, table=True):
+    """IMAP checkpoint per mailbox and folder."""
+
+    __tablename__ = "mailbox_state"
+
+    mailbox: str = Field(primary_key=True)
+    folder: str = Field(primary_key=True)
+    uidvalidity: int = 0
+    last_uid: int = 0
+    updated_at: datetime

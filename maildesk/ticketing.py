@@ -1,0 +1,155 @@
+"""Apply one processed message to its ticket: create or update, status, entry, references.
+
+Status moves (SPEC §2.3): a new ticket is `new`; a customer message on an
+existing ticket sets `open` (reopening `solved`); an agent's public reply sets
+`pending`; a note or an automatic message changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlmodel import Session
+
+from maildesk.addresses import is_desk_recipient
+from maildesk.config import Settings
+from maildesk.domain import (
+    Classification, EntryKind, ParsedMail, RuleOutcome, Sender, Status, ThreadDecision,
+)
+from maildesk.store import tickets
+from maildesk.store.tables import TicketRow
+from maildesk.thread import own_keys, referenced_ids, subject_key
+
+
+@dataclass(frozen=True)
+class Stored:
+    ticket_id: int
+    entry_id: int
+    kind: EntryKind
+    new_ticket: bool
+
+
+def entry_kind(classification: Classification, sender: Sender) -> EntryKind:
+    if classification.automatic:
+        return EntryKind.SYSTEM
+    if sender.is_agent:
+        return EntryKind.AGENT_REPLY if sender.verified else EntryKind.NOTE
+    return EntryKind.CUSTOMER
+
+
+def store_message(
+    s: Session, *, settings: Settings, mail: ParsedMail, envelope_from: str | None,
+    recipients: Sequence[str], classification: Classification, sender: Sender,
+    decision: ThreadDecision, inbox_id: int | None, now: datetime,
+    rules: RuleOutcome | None = None,
+) -> Stored:
+    kind = entry_kind(classification, sender)
+    new_ticket = decision.ticket_id is None
+    if new_ticket:
+        ticket = _open_ticket(s, settings, mail, envelope_from, recipients, now)
+    else:
+        row = tickets.get_row(s, decision.ticket_id or 0)
+        if row is None:
+            raise LookupError(f"ticket #{decision.ticket_id} vanished during processing")
+        ticket = row
+    assert ticket.id is not None
+
+    for other in decision.merge:
+        tickets.merge(s, ticket.id, other, now)
+    for other in decision.link_to:
+        tickets.link(s, ticket.id, other, decision.reason)
+
+    if not new_ticket:
+        _move_status(ticket, kind, now)
+    if kind in (EntryKind.CUSTOMER, EntryKind.AGENT_REPLY):
+        ticket.last_activity_at = now
+    if kind is EntryKind.CUSTOMER:
+        ticket.last_customer_at = now
+        tickets.add_participants(s, ticket.id, _people(settings, mail, sender))
+    if kind is EntryKind.AGENT_REPLY:
+        ticket.agent_touched = True
+        ticket.first_response_at = ticket.first_response_at or now
+    if rules is not None:
+        apply_rules(s, settings, ticket, rules)
+    ticket.updated_at = now
+    s.add(ticket)
+
+    entry = tickets.add_entry(
+        s, ticket_id=ticket.id, kind=kind, from_addr=mail.from_addr or envelope_from,
+        subject=mail.subject, body=mail.display_body, now=now, message_id=mail.message_id,
+        inbox_id=inbox_id, verified=sender.verified if sender.is_agent else None,
+        thread_rule=decision.rule.value, thread_reason=decision.reason,
+        attachments=mail.attachments,
+    )
+    keys = [(k, "own") for k in own_keys(mail)] + [(k, "ref") for k in referenced_ids(mail)]
+    tickets.add_refs(s, ticket.id, keys)
+    assert entry.id is not None
+    return Stored(ticket.id, entry.id, kind, new_ticket)
+
+
+def _open_ticket(
+    s: Session, settings: Settings, mail: ParsedMail, envelope_from: str | None,
+    recipients: Sequence[str], now: datetime,
+) -> TicketRow:
+    requester = mail.from_addr or (envelope_from or "").lower() or "unknown"
+    queue = next(
+        (q for q in (settings.queue_for_address(r) for r in recipients) if q),
+        settings.default_queue,
+    )
+    subject = " ".join(mail.subject.split()) or "(no subject)"
+    row = tickets.create(
+        s, subject=subject[:998], subject_key=subject_key(subject, settings.desk.ticket_prefix),
+        requester=requester, reply_to=mail.reply_to[0] if mail.reply_to else None,
+        queue=queue, now=now,
+    )
+    assert row.id is not None
+    tickets.add_participants(s, row.id, [requester], role="requester")
+    return row
+
+
+def _move_status(ticket: TicketRow, kind: EntryKind, now: datetime) -> None:
+    status = Status(ticket.status)
+    if kind is EntryKind.CUSTOMER and status in (Status.NEW, Status.PENDING, Status.SOLVED):
+        ticket.status = Status.OPEN.value
+        ticket.solved_at = None
+    elif kind is EntryKind.AGENT_REPLY and status is not Status.CLOSED:
+        ticket.status = Status.PENDING.value
+
+
+def _people(settings: Settings, mail: ParsedMail, sender: Sender) -> list[str]:
+    """Who takes part in the conversation: the sender and the CCs, never desk or agents."""
+    skip = settings.agent_addresses() | settings.desk_addresses()
+    people = [sender.address] if sender.address else []
+    people += [a for a in (*mail.to, *mail.cc) if "@" in a]
+    desks = settings.desk_addresses()
+    return [a for a in people if a not in skip and not is_desk_recipient(a, desks)]
+
+
+def apply_rules(s: Session, settings: Settings, ticket: TicketRow, rules: RuleOutcome) -> None:
+    """Field changes asked by rules; queue first, so an assignee strategy sees the new queue."""
+    if rules.queue:
+        ticket.queue = rules.queue
+    if rules.priority:
+        ticket.priority = rules.priority.value
+    if rules.status:
+        ticket.status = rules.status.value
+    if rules.tags:
+        ticket.tags = " ".join(dict.fromkeys([*ticket.tags.split(), *rules.tags]))
+    if rules.assignee:
+        ticket.assignee = pick_assignee(s, settings, ticket.queue, rules.assignee)
+
+
+def pick_assignee(s: Session, settings: Settings, queue: str, how: str) -> str | None:
+    """An address as given, or the next agent of the queue by `round_robin` / `least_open`."""
+    if "@" in how:
+        return how
+    agents = list(settings.queue_agents(queue))
+    if not agents:
+        return None
+    if how == "least_open":
+        counts = tickets.open_counts(s, agents)
+        return min(agents, key=lambda a: (counts[a], agents.index(a)))
+    last = tickets.last_assignee(s, queue)
+    return agents[(agents.index(last) + 1) % len(agents)] if last in agents else agents[0]
