@@ -308,6 +308,9 @@ def _decode_bodies(parts: list[Message]) -> tuple[list[str], list[str]]:
     return plain, html
 
 
+_SIGN_OFF_CHARS = 30
+
+
 def _display_body(text: str) -> str:
     """Text minus quoted history and signature; all of it when nothing is left."""
     reply = _latest_reply(text)
@@ -328,8 +331,17 @@ def _latest_reply(text: str) -> str | None:
     except Exception:
         log.debug("reply parser failed", exc_info=True)
         return None
+    if first.signatures and not _is_sign_off(first.signatures):
+        body = first.content  # "Thanks, that fixed it. But ..." is a sentence, not a signature
     found = len(replies) > 1 or first.headers or first.signatures or first.disclaimers
     return body if found else None
+
+
+def _is_sign_off(signature: str) -> bool:
+    """Does a cut-off block start like a signature ("Thanks,", "Best regards", "-- ")?
+    The reply parser cuts at any line that begins with such a word, sentence or not."""
+    first = next((line.strip() for line in signature.splitlines() if line.strip()), "")
+    return len(first) <= _SIGN_OFF_CHARS
 
 
 def _strip_quoted_tail(text: str) -> str:

@@ -349,3 +349,11 @@ def test_content_hash_ignores_transport() -> None:
 
 def test_html_to_text_is_plain() -> None:
     assert html_to_text("<p>a &lt; b</p><!-- x --><script>bad()</script>c") == "a < b\nc"
+
+
+def test_sentence_starting_with_thanks_is_not_cut_as_a_signature() -> None:
+    text = "Hello,\nThanks, that fixed it. But now the scanner fails too.\nIt says error 42.\n"
+    mail = parse_message(b"From: c@x.example\nSubject: s\n\n" + text.encode())
+    assert "error 42" in mail.display_body
+    signed = parse_message(b"From: c@x.example\nSubject: s\n\nIt works.\n\nThanks,\nCarol\n")
+    assert signed.display_body == "It works."
