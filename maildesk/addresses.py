@@ -49,7 +49,9 @@ def _plus_parts(address: str) -> tuple[str, int, str, str] | None:
     return m["base"], int(m["id"]), m["token"], domain
 
 
-def ticket_from_reply_address(address: str, desk_addresses: Iterable[str], secret: str) -> int | None:
+def ticket_from_reply_address(
+    address: str, desk_addresses: Iterable[str], secret: str
+) -> int | None:
     """The ticket id of a reply address with a valid token, else None."""
     parts = _plus_parts(address)
     if parts is None:

@@ -22,7 +22,13 @@ from maildesk import ticketing
 from maildesk.classify import classify
 from maildesk.config import Settings, parse_business_hours
 from maildesk.domain import (
-    Classification, InboxState, ParsedMail, RuleOutcome, Sender, Source, ThreadDecision,
+    Classification,
+    InboxState,
+    ParsedMail,
+    RuleOutcome,
+    Sender,
+    Source,
+    ThreadDecision,
 )
 from maildesk.identify import identify
 from maildesk.parse import content_hash, parse_message
@@ -182,7 +188,8 @@ class Pipeline:
         twin = inbox.find_processed_twin(s, row)
         if twin is not None:
             reason = f"same message as inbox {twin.id}"
-            inbox.mark(s, row, InboxState.DUPLICATE, reason=reason, ticket_id=twin.ticket_id, now=now)
+            inbox.mark(s, row, InboxState.DUPLICATE, reason=reason, ticket_id=twin.ticket_id,
+                       now=now)
             return Outcome(row.id, InboxState.DUPLICATE, twin.ticket_id, None, reason), (
                 None, None, None, [])
 

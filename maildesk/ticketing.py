@@ -16,7 +16,13 @@ from sqlmodel import Session
 from maildesk.addresses import is_desk_recipient
 from maildesk.config import Settings
 from maildesk.domain import (
-    Classification, EntryKind, ParsedMail, RuleOutcome, Sender, Status, ThreadDecision,
+    Classification,
+    EntryKind,
+    ParsedMail,
+    RuleOutcome,
+    Sender,
+    Status,
+    ThreadDecision,
 )
 from maildesk.store import tickets
 from maildesk.store.tables import TicketRow

@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from datetime import UTC, datetime
 from pathlib import Path
 
 from maildesk.app import build_pipeline, open_database

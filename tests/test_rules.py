@@ -74,7 +74,7 @@ def test_conditions_all_hold_and_stop_ends_evaluation(tmp_path: Path) -> None:
     out = evaluate(rules, vip, new)
     assert out.fired == ("invoices to billing", "vip")
     assert (out.queue, out.priority, out.tags) == ("billing", Priority.URGENT, ("billing", "vip"))
-    # Not a new ticket: the first rule's is_new_ticket condition fails; X-Priority missing: vip fails.
+    # Not a new ticket: the first rule's is_new_ticket fails; no X-Priority: vip fails.
     reply = parse_message(message(frm="boss@vip.example", subject="Re: invoice 12"))
     out = evaluate(rules, reply, RuleContext(is_new_ticket=False, business_hours=True))
     assert out.fired == ("never reached after vip",)

@@ -202,7 +202,8 @@ def test_subject_window_joins_same_sender_and_subject(desk: Desk) -> None:
 
 
 def test_subject_window_zero_turns_fallback_off(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, f"sqlite:///{tmp_path}/w.db", "\n[threading]\nsubject_window = \"0s\"\n")
+    cfg = write_config(tmp_path, f"sqlite:///{tmp_path}/w.db",
+                       '\n[threading]\nsubject_window = "0s"\n')
     desk = Desk.open(cfg)
     one = desk.ingest(message(subject="Help"))
     two = desk.ingest(message(subject="Re: Help"))

@@ -10,8 +10,8 @@ transaction-level advisory lock for the same reason (see `lock_threading`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 import threading
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any

@@ -187,7 +187,9 @@ def requeue(db: Database, inbox_id: int) -> bool:
         return True
 
 
-def list_items(db: Database, *, state: InboxState | None = None, limit: int = 200) -> list[InboxItem]:
+def list_items(
+    db: Database, *, state: InboxState | None = None, limit: int = 200
+) -> list[InboxItem]:
     with db.read() as s:
         q = select(InboxRow).order_by(col(InboxRow.id).desc()).limit(limit)
         if state is not None:

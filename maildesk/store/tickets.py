@@ -10,10 +10,21 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from maildesk.domain import (
-    Attachment, EntryKind, EntryView, Priority, Status, TicketView,
+    Attachment,
+    EntryKind,
+    EntryView,
+    Priority,
+    Status,
+    TicketView,
 )
 from maildesk.store.tables import (
-    AttachmentRow, EntryRow, MessageRefRow, OutboxRow, ParticipantRow, TicketLinkRow, TicketRow,
+    AttachmentRow,
+    EntryRow,
+    MessageRefRow,
+    OutboxRow,
+    ParticipantRow,
+    TicketLinkRow,
+    TicketRow,
 )
 from maildesk.thread import TicketFacts
 
@@ -59,7 +70,9 @@ class SessionLookup:
                 found.setdefault(row.id, self._facts(row))
         return list(found.values())
 
-    def ticket_by_subject(self, sender: str, subject_key: str, since: datetime) -> TicketFacts | None:
+    def ticket_by_subject(
+        self, sender: str, subject_key: str, since: datetime
+    ) -> TicketFacts | None:
         row = self.s.exec(
             select(TicketRow)
             .join(ParticipantRow, col(ParticipantRow.ticket_id) == col(TicketRow.id))
@@ -149,7 +162,8 @@ def add_entry(
 def link(s: Session, a: int, b: int, reason: str) -> None:
     for x, y in ((a, b), (b, a)):
         exists = s.exec(
-            select(TicketLinkRow.id).where(TicketLinkRow.ticket_id == x, TicketLinkRow.other_id == y)
+            select(TicketLinkRow.id)
+            .where(TicketLinkRow.ticket_id == x, TicketLinkRow.other_id == y)
         ).first()
         if exists is None:
             s.add(TicketLinkRow(ticket_id=x, other_id=y, reason=reason))

@@ -1,0 +1,247 @@
+"""The outbox and the suppression list.
+
+An outgoing message is a fully rendered row, written in the same transaction as the
+ticket change that caused it, so a decision and its mail commit together or not at all.
+The sender claims due rows with a lease (SKIP LOCKED on PostgreSQL), hands each to a
+transport and marks it sent right after the transport accepted it: a message is never
+claimed by two senders, and a restart finds it either `sent` or still `pending`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, or_, update
+from sqlmodel import Session, col, select
+
+from maildesk.store.db import Database
+from maildesk.store.inbox import utcnow
+from maildesk.store.tables import MessageRefRow, OutboxRow, SuppressionRow
+
+PENDING, SENT, FAILED, BOUNCED = "pending", "sent", "failed", "bounced"
+LEASE = timedelta(minutes=5)  # longer than any transport timeout: a live sender keeps its rows
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    ticket_id: int | None
+    template: str
+    automatic: bool
+    recipients: tuple[str, ...]
+    envelope_from: str
+    message_id: str
+    created_at: datetime
+    state: str
+    attempts: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+    sent_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A row leased to one sender, with the bytes to transmit."""
+
+    item: OutboxItem
+    raw: bytes
+
+
+def _item(row: OutboxRow) -> OutboxItem:
+    assert row.id is not None
+    return OutboxItem(
+        id=row.id, ticket_id=row.ticket_id, template=row.template, automatic=row.automatic,
+        recipients=split_recipients(row.recipients), envelope_from=row.envelope_from,
+        message_id=row.message_id, created_at=row.created_at, state=row.state,
+        attempts=row.attempts, next_attempt_at=row.next_attempt_at, last_error=row.last_error,
+        sent_at=row.sent_at,
+    )
+
+
+def split_recipients(value: str) -> tuple[str, ...]:
+    return tuple(a for a in value.split(",") if a)
+
+
+# --- writing, inside the processing transaction -----------------------------------------
+
+
+def reserve(
+    s: Session, *, message_id: str, raw: bytes, ticket_id: int, entry_id: int | None,
+    template: str, automatic: bool, recipients: Iterable[str], now: datetime,
+    thread_index_root: str | None = None,
+) -> OutboxRow:
+    """Insert a pending row and flush it, so its id exists for the VERP envelope sender.
+
+    The ticket learns the message's own ids (its Message-ID, and a Thread-Index root we
+    started), so replies that only reference our mail thread onto it. Both are new:
+    a plain insert, no lookup."""
+    row = OutboxRow(
+        ticket_id=ticket_id, entry_id=entry_id, template=template, automatic=automatic,
+        recipients=",".join(recipients), message_id=message_id, raw=raw, created_at=now,
+        state=PENDING, next_attempt_at=now,
+    )
+    s.add(row)
+    s.add(MessageRefRow(key=message_id, ticket_id=ticket_id, kind="own"))
+    if thread_index_root:
+        s.add(MessageRefRow(key=thread_index_root, ticket_id=ticket_id, kind="thread_index"))
+    s.flush()
+    return row
+
+
+def auto_replies_since(s: Session, address: str, since: datetime) -> int:
+    """How many automatic messages went (or are going) to `address` since `since`."""
+    pattern = address.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    rows = s.exec(
+        select(func.count()).select_from(OutboxRow).where(
+            col(OutboxRow.automatic).is_(True),
+            col(OutboxRow.created_at) >= since,
+            or_(
+                col(OutboxRow.recipients) == address,
+                col(OutboxRow.recipients).like(f"{pattern},%", escape="\\"),
+                col(OutboxRow.recipients).like(f"%,{pattern}", escape="\\"),
+                col(OutboxRow.recipients).like(f"%,{pattern},%", escape="\\"),
+            ),
+        )
+    ).one()
+    return int(rows)
+
+
+def by_id(s: Session, outbox_id: int) -> OutboxRow | None:
+    return s.get(OutboxRow, outbox_id)
+
+
+def by_message_id(s: Session, message_id: str) -> OutboxRow | None:
+    return s.exec(select(OutboxRow).where(OutboxRow.message_id == message_id)).first()
+
+
+def mark_bounced(s: Session, row: OutboxRow, reason: str) -> None:
+    row.state = BOUNCED
+    row.last_error = _one_line(reason)
+    s.add(row)
+
+
+def suppressed(s: Session, addresses: Iterable[str]) -> set[str]:
+    """The addresses among `addresses` that are on the suppression list."""
+    wanted = list(dict.fromkeys(a.lower() for a in addresses))
+    if not wanted:
+        return set()
+    found = s.exec(select(SuppressionRow.address).where(col(SuppressionRow.address).in_(wanted)))
+    return set(found.all())
+
+
+def suppress(s: Session, address: str, reason: str, now: datetime) -> bool:
+    """Put an address on the suppression list; False when it already was."""
+    address = address.lower()
+    if s.get(SuppressionRow, address) is not None:
+        return False
+    s.add(SuppressionRow(address=address, reason=_one_line(reason), created_at=now))
+    s.flush()
+    return True
+
+
+# --- the sender's side -----------------------------------------------------------------
+
+
+def claim_due(db: Database, *, now: datetime | None = None, limit: int = 20) -> list[Claimed]:
+    """Lease up to `limit` pending rows whose time has come, oldest first."""
+    now = now or utcnow()
+    with db.write() as s:
+        q = (
+            select(OutboxRow)
+            .where(
+                OutboxRow.state == PENDING,
+                or_(col(OutboxRow.next_attempt_at).is_(None),
+                    col(OutboxRow.next_attempt_at) <= now),
+                or_(col(OutboxRow.claimed_until).is_(None), col(OutboxRow.claimed_until) < now),
+            )
+            .order_by(col(OutboxRow.id))
+            .limit(limit)
+        )
+        if not db.is_sqlite:
+            q = q.with_for_update(skip_locked=True)
+        rows = list(s.exec(q).all())
+        for row in rows:
+            row.claimed_until = now + LEASE
+            s.add(row)
+        return [Claimed(_item(r), r.raw) for r in rows]
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one delivery attempt did to a row."""
+
+    outbox_id: int
+    state: str  # SENT, PENDING (retry at `at`) or FAILED
+    note: str | None = None  # the error, or a remark on a delivery (partly refused)
+    at: datetime | None = None  # sent_at for SENT, next attempt for PENDING
+
+
+def record(db: Database, results: Sequence[Result]) -> None:
+    """Store attempts in one transaction: rows leave the sender's lease."""
+    if not results:
+        return
+    with db.write() as s:
+        for r in results:
+            s.execute(
+                update(OutboxRow).where(col(OutboxRow.id) == r.outbox_id).values(
+                    state=r.state, attempts=OutboxRow.attempts + 1, claimed_until=None,
+                    last_error=_one_line(r.note) if r.note else None,
+                    sent_at=r.at if r.state == SENT else None,
+                    next_attempt_at=r.at if r.state == PENDING else None,
+                )
+            )
+
+
+def release(db: Database, ids: list[int]) -> None:
+    """Give claimed rows back unsent (the sender is stopping)."""
+    with db.write() as s:
+        s.execute(update(OutboxRow).where(col(OutboxRow.id).in_(ids)).values(claimed_until=None))
+
+
+def retry(db: Database, outbox_id: int, *, now: datetime | None = None) -> bool:
+    """`maildesk outbox retry`: a failed (or pending) message becomes due now, with a fresh
+    retry schedule (the sender counts `max_retry` by attempts, see sender.backoff)."""
+    now = now or utcnow()
+    with db.write() as s:
+        row = s.get(OutboxRow, outbox_id)
+        if row is None or row.state == SENT:
+            return False
+        row.state = PENDING
+        row.attempts = 0
+        row.next_attempt_at = now
+        row.claimed_until = None
+        s.add(row)
+        return True
+
+
+def get(db: Database, outbox_id: int) -> OutboxItem | None:
+    with db.read() as s:
+        row = s.get(OutboxRow, outbox_id)
+        return _item(row) if row else None
+
+
+def raw_of(db: Database, outbox_id: int) -> bytes | None:
+    with db.read() as s:
+        row = s.get(OutboxRow, outbox_id)
+        return row.raw if row else None
+
+
+def list_items(db: Database, *, state: str | None = None, limit: int = 200) -> list[OutboxItem]:
+    with db.read() as s:
+        q = select(OutboxRow).order_by(col(OutboxRow.id).desc()).limit(limit)
+        if state is not None:
+            q = q.where(OutboxRow.state == state)
+        return [_item(r) for r in s.exec(q).all()]
+
+
+def backlog(db: Database) -> int:
+    with db.read() as s:
+        n = s.exec(select(func.count()).select_from(OutboxRow).where(
+            OutboxRow.state == PENDING)).one()
+        return int(n)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:500]
