@@ -40,18 +40,13 @@ class CheckpointMoved(Exception):
     advanced or reset it. Nothing of the batch was stored."""
 
 
-# UIDs and UIDVALIDITY are unsigned 32-bit numbers; the columns are signed 32-bit
-# INTEGERs on PostgreSQL. Store them two's-complement so values ≥ 2**31 fit.
-def _to_db(value: int) -> int:
+def _signed32(value: int) -> int:
+    """PostgreSQL's two-int advisory lock keys are signed 32-bit."""
     return value - _U32 if value >= 2**31 else value
 
 
-def _from_db(value: int) -> int:
-    return value % _U32
-
-
 def _checkpoint(row: MailboxStateRow) -> Checkpoint:
-    return Checkpoint(_from_db(row.uidvalidity), _from_db(row.last_uid))
+    return Checkpoint(row.uidvalidity, row.last_uid)
 
 
 def get_checkpoint(db: Database, mailbox: str, folder: str) -> Checkpoint | None:
@@ -68,7 +63,7 @@ def reset_checkpoint(
         row = s.get(MailboxStateRow, (mailbox, folder), with_for_update=True)
         if row is None:
             row = MailboxStateRow(mailbox=mailbox, folder=folder, updated_at=now or utcnow())
-        row.uidvalidity, row.last_uid = _to_db(cp.uidvalidity), _to_db(cp.last_uid)
+        row.uidvalidity, row.last_uid = cp.uidvalidity, cp.last_uid
         row.updated_at = now or utcnow()
         s.add(row)
     return cp
@@ -98,7 +93,7 @@ def commit_batch(
         s.add_all([r for r in fresh if r is not None])
         s.flush()
         if last_uid is not None and last_uid > expected.last_uid:
-            state.last_uid = _to_db(last_uid)
+            state.last_uid = last_uid
         state.updated_at = now or utcnow()
         s.add(state)
     return [r.id if r is not None else None for r in fresh]
@@ -131,7 +126,7 @@ class MailboxLock:
         self._url = None if db.is_sqlite else db.url
         self._engine: Engine | None = None
         self._conn: Connection | None = None
-        self._key = (LOCK_CLASS, _to_db(zlib.crc32(name.encode())))
+        self._key = (LOCK_CLASS, _signed32(zlib.crc32(name.encode())))
 
     def acquire(self) -> bool:
         """Try once, without waiting. Raises StoreUnavailable when PostgreSQL is down."""

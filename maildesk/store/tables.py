@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -166,6 +166,7 @@ class MailboxStateRow(SQLModel, table=True):
 
     mailbox: str = Field(primary_key=True)
     folder: str = Field(primary_key=True)
-    uidvalidity: int = 0
-    last_uid: int = 0
+    # Unsigned 32-bit values in IMAP: BIGINT, since PostgreSQL's INTEGER is signed.
+    uidvalidity: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    last_uid: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     updated_at: datetime

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 00:25:44.178762
+Create Date: 2026-11-22 00:58:32.273360
 """
 
 from collections.abc import Sequence
@@ -81,8 +81,8 @@ def upgrade() -> None:
     op.create_table('mailbox_state',
     sa.Column('mailbox', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('folder', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('uidvalidity', sa.Integer(), nullable=False),
-    sa.Column('last_uid', sa.Integer(), nullable=False),
+    sa.Column('uidvalidity', sa.BigInteger(), nullable=False),
+    sa.Column('last_uid', sa.BigInteger(), nullable=False),
     sa.Column('updated_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('mailbox', 'folder')
     )

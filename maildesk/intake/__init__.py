@@ -1,0 +1,1 @@
+"""Intake: the ways mail reaches the inbox (SMTP listener, IMAP pollers)."""
