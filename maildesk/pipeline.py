@@ -36,7 +36,6 @@ from maildesk.rules import RuleContext
 from maildesk.rules import evaluate as evaluate_rules
 from maildesk.store import Database, inbox
 from maildesk.store.inbox import utcnow
-from maildesk.store.tables import InboxRow
 from maildesk.store.tickets import SessionLookup
 from maildesk.thread import ThreadingPolicy
 from maildesk.thread import decide as decide_thread
@@ -126,24 +125,24 @@ class Pipeline:
         parsed: dict[int, ParsedMail] = {}
         failures: dict[int, str] = {}
         with self.db.read() as s:
-            for i in inbox_ids:
-                raw = s.get(InboxRow, i)
-                if raw is None:
-                    continue
-                try:
-                    parsed[i] = parse_message(raw.raw)
-                except Exception as exc:  # parse_message should not raise; never trust it
-                    failures[i] = f"parse: {type(exc).__name__}: {exc}"
+            raws = inbox.load_raw(s, inbox_ids)
+        for i, raw in raws.items():
+            try:
+                parsed[i] = parse_message(raw)
+            except Exception as exc:  # parse_message should not raise; never trust it
+                failures[i] = f"parse: {type(exc).__name__}: {exc}"
+        del raws
         outcomes: dict[int, Outcome] = {}
         with self.db.write() as s:
             self.db.lock_threading(s)
+            envelopes = inbox.load_envelopes(s, list(parsed))
             for i, mail in parsed.items():
-                row = inbox.load(s, i)
-                if row is None or row.state != InboxState.QUEUED.value:
+                env = envelopes.get(i)
+                if env is None or env.state != InboxState.QUEUED.value:
                     continue
                 try:
                     with s.begin_nested():
-                        outcomes[i] = self._apply(s, row, mail, self.reactors)[0]
+                        outcomes[i] = self._apply(s, env, mail, self.reactors)[0]
                 except Exception as exc:
                     log.exception("inbox %s (%s): processing failed", i, mail.message_id)
                     failures[i] = f"{type(exc).__name__}: {exc}"
@@ -163,7 +162,7 @@ class Pipeline:
                 self.db.lock_threading(s)
                 s.add(row)
                 s.flush()
-                outcome, trace = self._apply(s, row, mail, self.reactors)
+                outcome, trace = self._apply(s, inbox.envelope_of(row), mail, self.reactors)
                 result.outcome = outcome
                 result.classification, result.sender, result.decision, result.actions = trace
                 raise _DryRun
@@ -180,17 +179,17 @@ class Pipeline:
     # --- the steps ------------------------------------------------------------------------
 
     def _apply(
-        self, s: Session, row: InboxRow, mail: ParsedMail, reactors: Sequence[Reactor]
+        self, s: Session, row: inbox.Envelope, mail: ParsedMail, reactors: Sequence[Reactor]
     ) -> tuple[Outcome, tuple[Classification | None, Sender | None,
                               ThreadDecision | None, list[str]]]:
-        assert row.id is not None
         now = utcnow()
         twin = inbox.find_processed_twin(s, row)
         if twin is not None:
-            reason = f"same message as inbox {twin.id}"
-            inbox.mark(s, row, InboxState.DUPLICATE, reason=reason, ticket_id=twin.ticket_id,
+            twin_id, twin_ticket = twin
+            reason = f"same message as inbox {twin_id}"
+            inbox.mark(s, row.id, InboxState.DUPLICATE, reason=reason, ticket_id=twin_ticket,
                        now=now)
-            return Outcome(row.id, InboxState.DUPLICATE, twin.ticket_id, None, reason), (
+            return Outcome(row.id, InboxState.DUPLICATE, twin_ticket, None, reason), (
                 None, None, None, [])
 
         settings = self.settings
@@ -202,9 +201,10 @@ class Pipeline:
             trusted_authserv_ids=settings.security.trusted_authserv_id,
             auth_results=[h for h in [mail.header("authentication-results")] if h],
         )
+        lookup = SessionLookup(s)
         decision = decide_thread(
-            mail, recipients=recipients, sender=sender, lookup=SessionLookup(s),
-            policy=self.policy, now=now,
+            mail, recipients=recipients, sender=sender, lookup=lookup, policy=self.policy,
+            now=now,
         )
         trace: tuple[Classification | None, Sender | None, ThreadDecision | None, list[str]] = (
             classification, sender, decision, [])
@@ -212,21 +212,21 @@ class Pipeline:
         if (classification.automatic and decision.ticket_id is None
                 and not settings.loop.ticket_from_auto):
             reason = f"automatic message that joins no ticket ({classification.automatic})"
-            inbox.mark(s, row, InboxState.IGNORED, reason=reason, now=now)
+            inbox.mark(s, row.id, InboxState.IGNORED, reason=reason, now=now)
             return Outcome(row.id, InboxState.IGNORED, None, None, reason), trace
 
         fired = self._rules(mail, classification, sender, decision, now)
         if fired.drop:
             reason = f"dropped by rule {', '.join(fired.fired)}"
-            inbox.mark(s, row, InboxState.IGNORED, reason=reason, now=now)
+            inbox.mark(s, row.id, InboxState.IGNORED, reason=reason, now=now)
             return Outcome(row.id, InboxState.IGNORED, None, None, reason), trace
 
         stored = ticketing.store_message(
             s, settings=settings, mail=mail, envelope_from=row.envelope_from,
             recipients=recipients, classification=classification, sender=sender,
-            decision=decision, inbox_id=row.id, now=now, rules=fired,
+            decision=decision, inbox_id=row.id, now=now, rules=fired, lookup=lookup,
         )
-        inbox.mark(s, row, InboxState.PROCESSED, reason=decision.reason,
+        inbox.mark(s, row.id, InboxState.PROCESSED, reason=decision.reason,
                    ticket_id=stored.ticket_id, entry_id=stored.entry_id, now=now)
         change = Change(
             inbox_id=row.id, mail=mail, envelope_from=row.envelope_from,
@@ -254,9 +254,9 @@ class Pipeline:
         return evaluate_rules(self.settings.rules, mail, ctx)
 
 
-def _recipients(row: InboxRow, mail: ParsedMail) -> list[str]:
+def _recipients(row: inbox.Envelope, mail: ParsedMail) -> list[str]:
     """Every address the message was sent to: envelope first, then headers."""
-    found = [a for a in row.envelope_to.split(",") if a]
+    found = list(row.envelope_to)
     for name in ("delivered-to", "x-original-to"):
         value = mail.header(name)
         if value:

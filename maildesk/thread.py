@@ -27,7 +27,6 @@ class TicketFacts:
     id: int
     status: Status
     created_at: datetime
-    participants: frozenset[str]
     agent_touched: bool
 
 
@@ -35,6 +34,8 @@ class ThreadLookup(Protocol):
     """What threading needs to know about stored tickets (merges already followed)."""
 
     def ticket(self, ticket_id: int) -> TicketFacts | None: ...
+
+    def is_participant(self, ticket_id: int, address: str) -> bool: ...
 
     def tickets_by_keys(self, keys: Sequence[str]) -> list[TicketFacts]: ...
 
@@ -161,7 +162,9 @@ def _by_tag(
         ticket = lookup.ticket(int(m.group(1)))
         if ticket is None:
             continue
-        if sender.is_agent or (sender.address and sender.address in ticket.participants):
+        if sender.is_agent or (
+            sender.address and lookup.is_participant(ticket.id, sender.address)
+        ):
             who = "an agent" if sender.is_agent else "a participant"
             return _join(ticket, ThreadRule.SUBJECT_TAG, f"subject tag {m.group(0)} from {who}")
     return None

@@ -49,14 +49,14 @@ def store_message(
     s: Session, *, settings: Settings, mail: ParsedMail, envelope_from: str | None,
     recipients: Sequence[str], classification: Classification, sender: Sender,
     decision: ThreadDecision, inbox_id: int | None, now: datetime,
-    rules: RuleOutcome | None = None,
+    rules: RuleOutcome | None = None, lookup: tickets.SessionLookup | None = None,
 ) -> Stored:
     kind = entry_kind(classification, sender)
     new_ticket = decision.ticket_id is None
     if new_ticket:
         ticket = _open_ticket(s, settings, mail, envelope_from, recipients, now)
     else:
-        row = tickets.get_row(s, decision.ticket_id or 0)
+        row = (lookup or tickets.SessionLookup(s)).row(decision.ticket_id or 0)
         if row is None:
             raise LookupError(f"ticket #{decision.ticket_id} vanished during processing")
         ticket = row
@@ -73,7 +73,8 @@ def store_message(
         ticket.last_activity_at = now
     if kind is EntryKind.CUSTOMER:
         ticket.last_customer_at = now
-        tickets.add_participants(s, ticket.id, _people(settings, mail, sender))
+        people = [p for p in _people(settings, mail, sender) if p != ticket.requester]
+        tickets.add_participants(s, ticket.id, people, new=new_ticket)
     if kind is EntryKind.AGENT_REPLY:
         ticket.agent_touched = True
         ticket.first_response_at = ticket.first_response_at or now
@@ -82,7 +83,7 @@ def store_message(
     ticket.updated_at = now
     s.add(ticket)
 
-    entry = tickets.add_entry(
+    entry_id = tickets.add_entry(
         s, ticket_id=ticket.id, kind=kind, from_addr=mail.from_addr or envelope_from,
         subject=mail.subject, body=mail.display_body, now=now, message_id=mail.message_id,
         inbox_id=inbox_id, verified=sender.verified if sender.is_agent else None,
@@ -90,9 +91,8 @@ def store_message(
         attachments=mail.attachments,
     )
     keys = [(k, "own") for k in own_keys(mail)] + [(k, "ref") for k in referenced_ids(mail)]
-    tickets.add_refs(s, ticket.id, keys)
-    assert entry.id is not None
-    return Stored(ticket.id, entry.id, kind, new_ticket)
+    tickets.add_refs(s, ticket.id, keys, new=new_ticket and not decision.merge)
+    return Stored(ticket.id, entry_id, kind, new_ticket)
 
 
 def _open_ticket(
@@ -111,7 +111,7 @@ def _open_ticket(
         queue=queue, now=now,
     )
     assert row.id is not None
-    tickets.add_participants(s, row.id, [requester], role="requester")
+    tickets.add_participants(s, row.id, [requester], role="requester", new=True)
     return row
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, or_, update
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from maildesk.domain import InboxState, Source
@@ -86,20 +88,56 @@ def seen_before(s: Session, message_id: str | None, content_hash: str) -> bool:
     return s.exec(q.limit(1)).first() is not None
 
 
-def find_processed_twin(s: Session, row: InboxRow) -> InboxRow | None:
-    """An earlier message with the same identity that was already processed or ignored.
+@dataclass(frozen=True)
+class Envelope:
+    """What processing needs of an inbox row, without its raw bytes."""
 
-    Identity is (Message-ID, content hash); without a Message-ID, the hash alone."""
-    q = select(InboxRow).where(
-        InboxRow.content_hash == row.content_hash,
-        col(InboxRow.id) != row.id,
+    id: int
+    state: str
+    envelope_from: str | None
+    envelope_to: tuple[str, ...]
+    message_id: str | None
+    content_hash: str
+
+
+def load_raw(s: Session, ids: Sequence[int]) -> dict[int, bytes]:
+    rows = s.exec(select(InboxRow.id, InboxRow.raw).where(col(InboxRow.id).in_(list(ids)))).all()
+    return {i: raw for i, raw in rows if i is not None}
+
+
+def load_envelopes(s: Session, ids: Sequence[int]) -> dict[int, Envelope]:
+    rows = s.connection().execute(sa_select(
+        col(InboxRow.id), col(InboxRow.state), col(InboxRow.envelope_from),
+        col(InboxRow.envelope_to), col(InboxRow.message_id), col(InboxRow.content_hash),
+    ).where(col(InboxRow.id).in_(list(ids)))).all()
+    return {
+        i: Envelope(i, state, frm, tuple(a for a in to.split(",") if a), mid, digest)
+        for i, state, frm, to, mid, digest in rows if i is not None
+    }
+
+
+def envelope_of(row: InboxRow) -> Envelope:
+    assert row.id is not None
+    return Envelope(row.id, row.state, row.envelope_from,
+                    tuple(a for a in row.envelope_to.split(",") if a),
+                    row.message_id, row.content_hash)
+
+
+def find_processed_twin(s: Session, env: Envelope) -> tuple[int, int | None] | None:
+    """(inbox id, ticket id) of an earlier message with the same identity that was
+    already processed or ignored. Identity is (Message-ID, content hash); without a
+    Message-ID, the hash alone."""
+    q = select(InboxRow.id, InboxRow.ticket_id).where(
+        InboxRow.content_hash == env.content_hash,
+        col(InboxRow.id) != env.id,
         col(InboxRow.state).in_([InboxState.PROCESSED.value, InboxState.IGNORED.value]),
     )
-    if row.message_id:
-        q = q.where(InboxRow.message_id == row.message_id)
+    if env.message_id:
+        q = q.where(InboxRow.message_id == env.message_id)
     else:
         q = q.where(col(InboxRow.message_id).is_(None))
-    return s.exec(q.order_by(col(InboxRow.id)).limit(1)).first()
+    found = s.connection().execute(q.order_by(col(InboxRow.id)).limit(1)).first()
+    return (found[0], found[1]) if found and found[0] is not None else None
 
 
 def claim(db: Database, *, limit: int, now: datetime | None = None) -> list[int]:
@@ -128,10 +166,6 @@ def claim(db: Database, *, limit: int, now: datetime | None = None) -> list[int]
         return ids
 
 
-def load(s: Session, inbox_id: int) -> InboxRow | None:
-    return s.get(InboxRow, inbox_id)
-
-
 def get(db: Database, inbox_id: int) -> InboxItem | None:
     with db.read() as s:
         row = s.get(InboxRow, inbox_id)
@@ -145,16 +179,13 @@ def raw_of(db: Database, inbox_id: int) -> bytes | None:
 
 
 def mark(
-    s: Session, row: InboxRow, state: InboxState, *, reason: str | None = None,
+    s: Session, inbox_id: int, state: InboxState, *, reason: str | None = None,
     ticket_id: int | None = None, entry_id: int | None = None, now: datetime | None = None,
 ) -> None:
-    row.state = state.value
-    row.reason = reason
-    row.ticket_id = ticket_id
-    row.entry_id = entry_id
-    row.processed_at = now or utcnow()
-    row.claimed_until = None
-    s.add(row)
+    s.connection().execute(update(InboxRow).where(col(InboxRow.id) == inbox_id).values(
+        state=state.value, reason=reason, ticket_id=ticket_id, entry_id=entry_id,
+        processed_at=now or utcnow(), claimed_until=None,
+    ))
 
 
 def record_failure(db: Database, inbox_id: int, reason: str) -> None:

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlmodel import Session, col, select
 
 from maildesk.domain import (
@@ -36,33 +36,48 @@ class SessionLookup:
 
     def __init__(self, session: Session) -> None:
         self.s = session
+        # The session's identity map holds rows weakly: keep what threading loaded,
+        # so storing the message does not load the same ticket again.
+        self.loaded: dict[int, TicketRow] = {}
 
     def _resolve(self, ticket_id: int) -> TicketRow | None:
-        row = self.s.get(TicketRow, ticket_id)
+        row = self._get(ticket_id)
         hops = 0
         while row is not None and row.merged_into is not None and hops < MAX_MERGE_HOPS:
-            row = self.s.get(TicketRow, row.merged_into)
+            row = self._get(row.merged_into)
             hops += 1
         return row
 
+    def _get(self, ticket_id: int) -> TicketRow | None:
+        row = self.loaded.get(ticket_id) or self.s.get(TicketRow, ticket_id)
+        if row is not None:
+            self.loaded[ticket_id] = row
+        return row
+
+    def row(self, ticket_id: int) -> TicketRow | None:
+        """The ticket (merges followed) as a row to change."""
+        return self._resolve(ticket_id)
+
     def _facts(self, row: TicketRow) -> TicketFacts:
         assert row.id is not None
-        people = self.s.exec(
-            select(ParticipantRow.address).where(ParticipantRow.ticket_id == row.id)
-        ).all()
-        return TicketFacts(
-            id=row.id, status=Status(row.status), created_at=row.created_at,
-            participants=frozenset(people), agent_touched=row.agent_touched,
-        )
+        return TicketFacts(id=row.id, status=Status(row.status), created_at=row.created_at,
+                           agent_touched=row.agent_touched)
 
     def ticket(self, ticket_id: int) -> TicketFacts | None:
         row = self._resolve(ticket_id)
         return self._facts(row) if row else None
 
+    def is_participant(self, ticket_id: int, address: str) -> bool:
+        return self.s.exec(
+            select(ParticipantRow.id).where(
+                ParticipantRow.ticket_id == ticket_id, ParticipantRow.address == address
+            ).limit(1)
+        ).first() is not None
+
     def tickets_by_keys(self, keys: Sequence[str]) -> list[TicketFacts]:
-        ids = self.s.exec(
+        ids = self.s.connection().execute(
             select(MessageRefRow.ticket_id).where(col(MessageRefRow.key).in_(list(keys))).distinct()
-        ).all()
+        ).scalars().all()
         found: dict[int, TicketFacts] = {}
         for i in ids:
             row = self._resolve(i)
@@ -110,31 +125,34 @@ def create(
     return row
 
 
-def add_participants(s: Session, ticket_id: int, addrs: Iterable[str], role: str = "cc") -> None:
-    existing = set(
-        s.exec(select(ParticipantRow.address).where(ParticipantRow.ticket_id == ticket_id)).all()
-    )
-    for a in dict.fromkeys(addrs):
-        if a and a not in existing:
-            s.add(ParticipantRow(ticket_id=ticket_id, address=a, role=role))
-            existing.add(a)
-
-
-def add_refs(s: Session, ticket_id: int, keys: Iterable[tuple[str, str]]) -> None:
-    """Remember (key, kind) pairs for the ticket; already known keys are skipped."""
-    wanted = dict(keys)
+def add_participants(
+    s: Session, ticket_id: int, addrs: Iterable[str], role: str = "cc", *, new: bool = False
+) -> None:
+    """Add addresses not yet on the ticket (`new`: the ticket was just created, has none)."""
+    wanted = [a for a in dict.fromkeys(addrs) if a]
     if not wanted:
         return
-    known = set(
-        s.exec(
-            select(MessageRefRow.key).where(
-                MessageRefRow.ticket_id == ticket_id, col(MessageRefRow.key).in_(list(wanted))
-            )
-        ).all()
-    )
-    for key, kind in wanted.items():
-        if key not in known:
-            s.add(MessageRefRow(key=key[:998], ticket_id=ticket_id, kind=kind))
+    existing = set() if new else set(s.connection().execute(select(ParticipantRow.address).where(
+        ParticipantRow.ticket_id == ticket_id, col(ParticipantRow.address).in_(wanted))).scalars())
+    rows = [{"ticket_id": ticket_id, "address": a, "role": role}
+            for a in wanted if a not in existing]
+    if rows:
+        s.connection().execute(insert(ParticipantRow), rows)
+
+
+def add_refs(
+    s: Session, ticket_id: int, keys: Iterable[tuple[str, str]], *, new: bool = False
+) -> None:
+    """Remember (key, kind) pairs for the ticket; already known keys are skipped."""
+    wanted = {k[:998]: kind for k, kind in keys}
+    if not wanted:
+        return
+    known = set() if new else set(s.connection().execute(select(MessageRefRow.key).where(
+        MessageRefRow.ticket_id == ticket_id, col(MessageRefRow.key).in_(list(wanted)))).scalars())
+    rows = [{"key": k, "ticket_id": ticket_id, "kind": kind}
+            for k, kind in wanted.items() if k not in known]
+    if rows:
+        s.connection().execute(insert(MessageRefRow), rows)
 
 
 def add_entry(
@@ -142,21 +160,20 @@ def add_entry(
     body: str, now: datetime, message_id: str | None, inbox_id: int | None = None,
     verified: bool | None = None, thread_rule: str = "", thread_reason: str = "",
     attachments: Sequence[Attachment] = (),
-) -> EntryRow:
-    entry = EntryRow(
+) -> int:
+    """Insert an entry and its attachments; returns the entry id."""
+    entry_id: int | None = s.connection().execute(insert(EntryRow).values(
         ticket_id=ticket_id, inbox_id=inbox_id, kind=kind.value, from_addr=from_addr,
         subject=subject, body=body, created_at=now, message_id=message_id, verified=verified,
         thread_rule=thread_rule, thread_reason=thread_reason,
-    )
-    s.add(entry)
-    s.flush()
-    assert entry.id is not None
-    for a in attachments:
-        s.add(AttachmentRow(
-            entry_id=entry.id, filename=a.filename, content_type=a.content_type, size=a.size,
-            sha256=hashlib.sha256(a.data).hexdigest(), data=a.data,
-        ))
-    return entry
+    ).returning(col(EntryRow.id))).scalar_one()
+    assert entry_id is not None
+    if attachments:
+        s.connection().execute(insert(AttachmentRow), [{
+            "entry_id": entry_id, "filename": a.filename, "content_type": a.content_type,
+            "size": a.size, "sha256": hashlib.sha256(a.data).hexdigest(), "data": a.data,
+        } for a in attachments])
+    return entry_id
 
 
 def link(s: Session, a: int, b: int, reason: str) -> None:
