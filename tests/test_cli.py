@@ -163,9 +163,9 @@ for f in files:
 """
 
 
-def test_two_ingest_processes_at_once_lose_nothing(tmp_path: Path) -> None:
+def test_two_ingest_processes_at_once_lose_nothing(tmp_path: Path, db_url: str) -> None:
     """200 messages of 50 conversations, shuffled, fed by two processes at once."""
-    cfg = write_config(tmp_path, f"sqlite:///{tmp_path}/race.db")
+    cfg = write_config(tmp_path, db_url)
     files = []
     for conv in range(50):
         ids = [f"<c{conv}-m{i}@customer.example>" for i in range(4)]
