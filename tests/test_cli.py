@@ -186,3 +186,26 @@ def test_two_ingest_processes_at_once_lose_nothing(tmp_path: Path, db_url: str) 
     assert len(tickets) == 50
     assert sum(len(desk.entries(t.id)) for t in tickets) == 200
     assert all(len(desk.entries(t.id)) == 4 for t in tickets)
+
+
+def test_report_counts_tickets_and_response_times(
+    config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from maildesk import addresses
+    from tests.helpers import SECRET
+
+    desk = Desk.open(config_path)
+    first = desk.ingest(message(msgid="<rep1@customer.example>"))
+    desk.ingest(message(frm="other@customer.example", to="billing@example.com",
+                        subject="Invoice"), envelope_to=("billing@example.com",))
+    reply_to = addresses.reply_address("support@example.com", SECRET, first.ticket_id or 0)
+    desk.ingest(message(frm="alice@agents.example.com", to=reply_to, subject="Re: Printer"),
+                envelope_to=(reply_to,))
+    result = run_json(capsys, "report", "--config", str(config_path), "--json")
+    assert isinstance(result, dict)
+    total = result["total"]
+    assert total["tickets"] == 2 and total["by_status"] == {"new": 1, "pending": 1}
+    assert total["first_response_seconds"]["count"] == 1
+    assert set(result["by_queue"]) == {"general", "billing"}
+    assert main(["report", "--config", str(config_path), "--since", "2999-01-01", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"]["tickets"] == 0

@@ -286,3 +286,11 @@ def open_counts(s: Session, agents: Sequence[str]) -> dict[str, int]:
     counts = {a: 0 for a in agents}
     counts.update({a: n for a, n in rows if a})
     return counts
+
+
+def report_rows(s: Session, since: datetime | None) -> list[TicketRow]:
+    """Tickets created since `since` (merged-away ones excluded), for `maildesk report`."""
+    q = select(TicketRow).where(col(TicketRow.merged_into).is_(None))
+    if since is not None:
+        q = q.where(col(TicketRow.created_at) >= since)
+    return list(s.exec(q).all())
