@@ -9,7 +9,6 @@ over and ParsedMail.parser is "email". Nothing here raises because of content.
 from __future__ import annotations
 
 import email
-import hashlib
 import logging
 import re
 import textwrap
@@ -24,6 +23,7 @@ from mailparser.utils import get_addresses
 from mailparser_reply.parser import EmailMessage
 
 from maildesk.domain import Attachment, DeliveryReport, DeliveryStatus, ParsedMail
+from maildesk.identity import header_message_id, msg_ids
 from maildesk.mimetext import decode_bytes, header_text, html_to_text, safe_filename, unescape_8bit
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,8 @@ _ADDRESS_HEADER_LIMIT = 64 * 1024
 
 _ADDRESS_HEADERS = ("from", "to", "cc", "reply-to")
 _RAW_KEPT = frozenset({*_ADDRESS_HEADERS, "date"})
-_IDENTITY_HEADERS = frozenset({b"from", b"to", b"cc", b"subject", b"date", b"message-id"})
 _DSN_FIELDS = ("final-recipient", "original-recipient", "action", "status")
-_MSGID = re.compile(r"<([^<>]*)>")
 _STATUS_CODE = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b")
-_EOL = re.compile(rb"\r\n|\r|\n")
-_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]*):[ \t]*")  # as email.feedparser.headerRE
 
 
 def parse_message(raw: bytes) -> ParsedMail:
@@ -63,36 +59,6 @@ def parse_message(raw: bytes) -> ParsedMail:
     except Exception as exc:  # e.g. RecursionError on absurd MIME nesting
         log.warning("message kept as raw text, no parser could read it: %r", exc)
         return _unparsed(raw)
-
-
-def header_message_id(raw: bytes) -> str | None:
-    """Message-ID from the header block alone, normalised as parse_message does it."""
-    try:
-        fields, _ = _header_fields(raw)
-        value = next((v for name, v in fields if name == b"message-id"), None)
-        if value is not None:
-            ids = _msg_ids(header_text(value.decode("ascii", "surrogateescape")))
-            return ids[0] if ids else None
-    except Exception:
-        log.debug("no readable Message-ID", exc_info=True)
-    return None
-
-
-def content_hash(raw: bytes) -> str:
-    """sha256 of what survives redelivery: identity headers and body, never trace headers."""
-    try:
-        fields, body_start = _header_fields(raw)
-        body = raw[body_start:].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        body = b"\n".join(line.rstrip(b" \t") for line in body.split(b"\n")).rstrip()
-        digest = hashlib.sha256()
-        for name, value in fields:
-            if name in _IDENTITY_HEADERS:
-                digest.update(name + b":" + b" ".join(value.split()) + b"\n")
-        digest.update(b"\n")
-        digest.update(body)
-        return digest.hexdigest()
-    except Exception:
-        return hashlib.sha256(bytes(raw)).hexdigest()
 
 
 # --- the two parsers ---------------------------------------------------------------
@@ -132,11 +98,11 @@ def _build(msg: Message, plain: list[str], html: list[str], attachments: list[At
     text = "\n".join(plain).replace("\x00", "")
     text = text if text.strip() else html_to_text(html_text or "")
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    msg_ids = _msg_ids(headers.get("message-id"))
+    ids = msg_ids(headers.get("message-id"))
     return ParsedMail(
-        message_id=msg_ids[0] if msg_ids else None,
-        in_reply_to=tuple(i for i in _msg_ids(headers.get("in-reply-to")) if "@" in i),
-        references=tuple(i for i in _msg_ids(headers.get("references")) if "@" in i),
+        message_id=ids[0] if ids else None,
+        in_reply_to=tuple(i for i in msg_ids(headers.get("in-reply-to")) if "@" in i),
+        references=tuple(i for i in msg_ids(headers.get("references")) if "@" in i),
         thread_index=headers.get("thread-index") or None,
         subject=headers.get("subject", ""),
         from_addr=sender[0][1] if sender else None,
@@ -205,37 +171,6 @@ def _mailboxes(pairs: Any) -> list[tuple[str, str]]:
 
 def _addresses(pairs: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(a for _, a in _mailboxes(pairs) if "@" in a))
-
-
-def _msg_ids(value: str | None) -> list[str]:
-    """Message ids in order, without <> or whitespace; bare tokens when no <> at all."""
-    if not value:
-        return []
-    tokens = _MSGID.findall(value) or value.split()
-    return list(dict.fromkeys(t for t in ("".join(t.split()) for t in tokens) if t))
-
-
-def _header_fields(raw: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
-    """Header fields (lowercased name, unfolded value) and where the body starts,
-    split by the rules of email.feedparser without parsing anything else."""
-    fields: list[tuple[bytes, list[bytes]]] = []
-    pos = 0
-    while pos < len(raw):
-        eol = _EOL.search(raw, pos)
-        end, after = (eol.start(), eol.end()) if eol else (len(raw), len(raw))
-        line = raw[pos:end]
-        if not line:
-            pos = after  # the blank line: the body follows it
-            break
-        if line[:1] in (b" ", b"\t"):
-            if fields:
-                fields[-1][1].append(line.strip())
-        elif match := _FIELD.match(line):
-            fields.append((match[1].lower(), [line[match.end():].rstrip()]))
-        elif not line.startswith(b"From "):  # email skips mbox separators too
-            break  # not a header line: the body starts with it
-        pos = after
-    return [(name, b" ".join(parts)) for name, parts in fields], pos
 
 
 def _huge_header_block(raw: bytes) -> bool:
@@ -416,5 +351,5 @@ def _original_id(part: Message | None) -> str | None:
         inner = payload[0]
     else:
         inner = HeaderParser().parsestr(payload if isinstance(payload, str) else "")
-    ids = _msg_ids(header_text(str(inner.get("message-id", ""))))
+    ids = msg_ids(header_text(str(inner.get("message-id", ""))))
     return ids[0] if ids else None

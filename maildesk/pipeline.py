@@ -31,7 +31,8 @@ from maildesk.domain import (
     ThreadDecision,
 )
 from maildesk.identify import identify
-from maildesk.parse import content_hash, parse_message
+from maildesk.identity import content_hash
+from maildesk.parse import parse_message
 from maildesk.rules import RuleContext
 from maildesk.rules import evaluate as evaluate_rules
 from maildesk.store import Database, inbox

@@ -13,7 +13,7 @@ from pathlib import Path
 from maildesk.app import build_pipeline, open_database
 from maildesk.config import Settings, load_settings
 from maildesk.domain import Source
-from maildesk.parse import content_hash, header_message_id
+from maildesk.identity import content_hash, header_message_id
 from maildesk.pipeline import Outcome, Pipeline
 from maildesk.store import Database, inbox, tickets
 

@@ -171,7 +171,7 @@ def test_checkpoint_commit_is_fenced_and_dedupes(db_url: str, tmp_path: Path) ->
 
     def row(raw: bytes, uid: int) -> InboxRow:
         from maildesk.domain import Source
-        from maildesk.parse import content_hash, header_message_id
+        from maildesk.identity import content_hash, header_message_id
         from maildesk.store import inbox
         return inbox.new_row(raw, source=Source.IMAP, message_id=header_message_id(raw),
                              content_hash=content_hash(raw), origin=f"m/INBOX/{uid}")

@@ -15,8 +15,9 @@ import pytest
 
 from maildesk import parse
 from maildesk.domain import ParsedMail
+from maildesk.identity import content_hash, header_message_id
 from maildesk.mimetext import decode_bytes, html_to_text, safe_filename
-from maildesk.parse import content_hash, header_message_id, parse_message
+from maildesk.parse import parse_message
 
 CORPUS = Path(
     os.environ.get("MAILDESK_CORPUS")

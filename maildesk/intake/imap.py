@@ -38,10 +38,10 @@ from collections.abc import Callable, Iterator, Sequence
 from maildesk import metrics
 from maildesk.config import Mailbox, Settings
 from maildesk.domain import Source
+from maildesk.identity import content_hash, header_message_id
 from maildesk.intake.imap_batches import FetchGuard, plan_batches
 from maildesk.intake.imap_health import Backoff, MailboxHealth, send_alert
 from maildesk.intake.imap_session import ImapError, ImapSession, Selected
-from maildesk.parse import content_hash, header_message_id
 from maildesk.store import Database, StoreUnavailable, inbox, mailboxes
 from maildesk.store.inbox import utcnow
 from maildesk.store.mailboxes import Checkpoint, CheckpointMoved, MailboxLock

@@ -1,0 +1,88 @@
+"""A message's identity, from its header block alone: Message-ID and content hash.
+
+They are the dedupe key (SPEC §2.1: same Message-ID and same content hash, or the
+hash alone without a Message-ID), computed at intake for every message. Standard
+library only: `maildesk ingest --queue` runs once per message from an MTA and must
+not import mail-parser or SQLAlchemy to compute them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+_MSGID = re.compile(r"<([^<>]*)>")
+_EOL = re.compile(rb"\r\n|\r|\n")
+_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]*):[ \t]*")  # as email.feedparser.headerRE
+_IDENTITY_HEADERS = frozenset({b"from", b"to", b"cc", b"subject", b"date", b"message-id"})
+_CONTROLS = dict.fromkeys([*range(32), 127], " ")
+
+
+def header_message_id(raw: bytes) -> str | None:
+    """Message-ID from the header block alone, normalised as parse_message does it."""
+    try:
+        fields, _ = header_fields(raw)
+        value = next((v for name, v in fields if name == b"message-id"), None)
+        if value is not None:
+            ids = msg_ids(_header_text(value.decode("ascii", "surrogateescape")))
+            return ids[0] if ids else None
+    except Exception:
+        pass
+    return None
+
+
+def _header_text(value: str) -> str:
+    """mimetext.header_text, without importing it for the plain ASCII ids of nearly all mail."""
+    if value.isascii() and "=?" not in value:
+        return " ".join(value.translate(_CONTROLS).split())
+    from maildesk.mimetext import header_text
+
+    return header_text(value)
+
+
+def content_hash(raw: bytes) -> str:
+    """sha256 of what survives redelivery: identity headers and body, never trace headers."""
+    try:
+        fields, body_start = header_fields(raw)
+        body = raw[body_start:].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        body = b"\n".join(line.rstrip(b" \t") for line in body.split(b"\n")).rstrip()
+        digest = hashlib.sha256()
+        for name, value in fields:
+            if name in _IDENTITY_HEADERS:
+                digest.update(name + b":" + b" ".join(value.split()) + b"\n")
+        digest.update(b"\n")
+        digest.update(body)
+        return digest.hexdigest()
+    except Exception:
+        return hashlib.sha256(bytes(raw)).hexdigest()
+
+
+def msg_ids(value: str | None) -> list[str]:
+    """Message ids in order, without <> or whitespace; bare tokens when no <> at all."""
+    if not value:
+        return []
+    tokens = _MSGID.findall(value) or value.split()
+    return list(dict.fromkeys(t for t in ("".join(t.split()) for t in tokens) if t))
+
+
+def header_fields(raw: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
+    """Header fields (lowercased name, unfolded value) and where the body starts,
+    split by the rules of email.feedparser without parsing anything else."""
+    fields: list[tuple[bytes, list[bytes]]] = []
+    pos = 0
+    while pos < len(raw):
+        eol = _EOL.search(raw, pos)
+        end, after = (eol.start(), eol.end()) if eol else (len(raw), len(raw))
+        line = raw[pos:end]
+        if not line:
+            pos = after  # the blank line: the body follows it
+            break
+        if line[:1] in (b" ", b"\t"):
+            if fields:
+                fields[-1][1].append(line.strip())
+        elif match := _FIELD.match(line):
+            fields.append((match[1].lower(), [line[match.end():].rstrip()]))
+        elif not line.startswith(b"From "):  # email skips mbox separators too
+            break  # not a header line: the body starts with it
+        pos = after
+    return [(name, b" ".join(parts)) for name, parts in fields], pos
