@@ -10,8 +10,8 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -51,6 +51,10 @@ def _db(settings: Settings, *, migrate: bool = True) -> Database:
     from maildesk.app import open_database
 
     return open_database(settings, migrate=migrate)
+
+
+def _read_message(path: str | None) -> bytes:
+    return sys.stdin.buffer.read() if path in (None, "-") else Path(str(path)).read_bytes()
 
 
 def _print_json(value: Any) -> None:
@@ -116,12 +120,44 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _queue_only(args: argparse.Namespace, raw: bytes) -> int | None:
+    """`ingest --queue` on SQLite, with the standard library only (see intake.queue);
+    None when that path does not apply and the full one must run."""
+    import os
+    import sqlite3
+
+    from maildesk.intake import queue
+
+    config = args.config or os.environ.get("MAILDESK_CONFIG", "").strip()
+    try:
+        db = queue.sqlite_path(Path(config).expanduser()) if config else None
+        inbox_id = db and queue.enqueue(
+            db, raw, envelope_from=args.sender,
+            envelope_to=tuple(a.lower() for a in args.recipient or ()),
+            origin=None if args.file in (None, "-") else str(args.file)[:500])
+    except queue.QueueConfigError:
+        return None  # the full path reports the config problem (exit 75)
+    except sqlite3.Error as exc:
+        raise CliError(f"database unavailable, try again later: {exc}", EX_TEMPFAIL) from exc
+    if not inbox_id:
+        return None
+    if args.json:
+        _print_json({"inbox": inbox_id, "ticket": None, "state": "queued", "reason": None})
+    else:
+        print(f"inbox {inbox_id}: queued")
+    return EX_OK
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
+    raw = _read_message(args.file)
+    if args.queue:
+        queued = _queue_only(args, raw)
+        if queued is not None:
+            return queued
     from maildesk.domain import Source
-    from maildesk.parse import content_hash, header_message_id
+    from maildesk.identity import content_hash, header_message_id
     from maildesk.store import inbox
 
-    raw = sys.stdin.buffer.read() if args.file in (None, "-") else open(args.file, "rb").read()
     settings = _settings(args)
     db = _db(settings)
     row = inbox.new_row(
@@ -137,7 +173,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
         try:
             outcome = build_pipeline(settings, db).process(inbox_id)
-            result.update(ticket=outcome.ticket_id, state=outcome.state.value, reason=outcome.reason)
+            result.update(ticket=outcome.ticket_id, state=outcome.state.value,
+                          reason=outcome.reason)
         except StoreUnavailable as exc:  # stored; the daemon or `inbox retry` processes it later
             result["reason"] = f"stored, processing deferred: {exc}"
     if args.json:
@@ -220,9 +257,11 @@ def cmd_inbox_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from maildesk.app import build_pipeline
 
-    raw = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()
+    raw = _read_message(args.file)
     settings = _settings(args)
     result = build_pipeline(settings, _db(settings)).explain(raw)
     mail, c, sender, d, o = (result.mail, result.classification, result.sender,
@@ -284,6 +323,37 @@ def cmd_outbox_retry(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from maildesk.report import TicketFacts, report
+    from maildesk.store import tickets
+
+    since = datetime.fromisoformat(args.since) if args.since else None
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    with _db(_settings(args)).read() as s:
+        facts = [TicketFacts(
+            queue=t.queue, assignee=t.assignee, status=t.status, created_at=t.created_at,
+            first_response_at=t.first_response_at, solved_at=t.solved_at,
+            first_response_due=t.first_response_due, resolution_due=t.resolution_due,
+        ) for t in tickets.report_rows(s, since)]
+    result = report(facts)
+    if args.json:
+        _print_json(result)
+        return EX_OK
+    print(f"{'':<24} {'tickets':>7} {'1st resp med':>12} {'p90':>8} {'resolve med':>12} {'p90':>8}")
+    rows = [("total", result["total"])] + [(f"queue {q}", v) for q, v in result["by_queue"].items()]
+    rows += [(f"agent {a}", v) for a, v in result["by_agent"].items()]
+    for name, v in rows:
+        fr, rs = v["first_response_seconds"], v["resolution_seconds"]
+        print(f"{name[:24]:<24} {v['tickets']:>7} {_hours(fr['median']):>12} "
+              f"{_hours(fr['p90']):>8} {_hours(rs['median']):>12} {_hours(rs['p90']):>8}")
+    return EX_OK
+
+
+def _hours(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 3600:.1f}h"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from maildesk.config import config_path_from
     from maildesk.service import run
@@ -329,25 +399,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--state", choices=["pending", "sent", "failed", "bounced"])
     add(ob, "retry", cmd_outbox_retry, "send a failed message again").add_argument("id", type=int)
     add(sub, "explain", cmd_explain, "dry run for one message").add_argument("file")
+    add(sub, "report", cmd_report, "volumes, response and resolution times").add_argument(
+        "--since", help="ISO date or time, e.g. 2026-11-01")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from maildesk.store.db import StoreUnavailable
-
     try:
         code: int = args.func(args)
         return code
     except CliError as exc:
         print(f"maildesk: {exc}", file=sys.stderr)
         return exc.code
-    except StoreUnavailable as exc:
-        print(f"maildesk: database unavailable, try again later: {exc}", file=sys.stderr)
-        return EX_TEMPFAIL
     except OSError as exc:
         print(f"maildesk: {exc}", file=sys.stderr)
         return EX_TEMPFAIL if args.command == "ingest" else EX_FAIL
+    except Exception as exc:
+        # imported here, not above: `ingest --queue` must not pay for SQLAlchemy
+        from maildesk.store.db import StoreUnavailable
+
+        if not isinstance(exc, StoreUnavailable):
+            raise
+        print(f"maildesk: database unavailable, try again later: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
 
 
 if __name__ == "__main__":

@@ -2,12 +2,19 @@
 
 Counters are process-wide; the daemon serves them with /healthz on
 `metrics.listen`. Gauges that describe the database (tickets by status,
-outbox backlog) are filled at scrape time by `refresh`.
+outbox backlog) are filled by the daemon at scrape time.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 REGISTRY = CollectorRegistry()
 
@@ -47,3 +54,8 @@ mailbox_fetched = Counter(
     "maildesk_mailbox_fetched", "Messages fetched from IMAP and committed", ["mailbox"],
     registry=REGISTRY,
 )
+
+
+def exposition() -> tuple[str, bytes]:
+    """Content type and body of a scrape, in the Prometheus text format."""
+    return CONTENT_TYPE_LATEST, generate_latest(REGISTRY)

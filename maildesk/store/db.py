@@ -49,7 +49,7 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self._writer: AbstractContextManager[object] = (
-            threading.Lock() if self.is_sqlite else nullcontext())
+            threading.RLock() if self.is_sqlite else nullcontext())
         if self.is_sqlite:
             path = url.removeprefix("sqlite:///")
             if path and path != ":memory:":

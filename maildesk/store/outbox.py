@@ -9,11 +9,11 @@ claimed by two senders, and a restart finds it either `sent` or still `pending`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import func, insert, or_, update
 from sqlmodel import Session, col, select
 
 from maildesk.store.db import Database
@@ -70,24 +70,26 @@ def split_recipients(value: str) -> tuple[str, ...]:
 def reserve(
     s: Session, *, message_id: str, raw: bytes, ticket_id: int, entry_id: int | None,
     template: str, automatic: bool, recipients: Iterable[str], now: datetime,
-    thread_index_root: str | None = None,
-) -> OutboxRow:
-    """Insert a pending row and flush it, so its id exists for the VERP envelope sender.
+    envelope_from: Callable[[int], str], thread_index_root: str | None = None,
+) -> int:
+    """Insert a pending row; its envelope sender is made from its id (VERP).
 
     The ticket learns the message's own ids (its Message-ID, and a Thread-Index root we
-    started), so replies that only reference our mail thread onto it. Both are new:
-    a plain insert, no lookup."""
-    row = OutboxRow(
+    started), so replies that only reference our mail thread onto it. Both are new: plain
+    inserts, no lookup. Core statements, not the unit of work: this runs for every
+    outgoing message inside the processing transaction."""
+    outbox_id = s.execute(insert(OutboxRow).values(
         ticket_id=ticket_id, entry_id=entry_id, template=template, automatic=automatic,
-        recipients=",".join(recipients), message_id=message_id, raw=raw, created_at=now,
-        state=PENDING, next_attempt_at=now,
-    )
-    s.add(row)
-    s.add(MessageRefRow(key=message_id, ticket_id=ticket_id, kind="own"))
+        recipients=",".join(recipients), envelope_from="", message_id=message_id, raw=raw,
+        created_at=now, state=PENDING, attempts=0, next_attempt_at=now,
+    ).returning(col(OutboxRow.id))).scalar_one()
+    s.execute(update(OutboxRow).where(col(OutboxRow.id) == outbox_id).values(
+        envelope_from=envelope_from(outbox_id)))
+    refs = [{"key": message_id, "ticket_id": ticket_id, "kind": "own"}]
     if thread_index_root:
-        s.add(MessageRefRow(key=thread_index_root, ticket_id=ticket_id, kind="thread_index"))
-    s.flush()
-    return row
+        refs.append({"key": thread_index_root, "ticket_id": ticket_id, "kind": "thread_index"})
+    s.execute(insert(MessageRefRow), refs)
+    return int(outbox_id)
 
 
 def auto_replies_since(s: Session, address: str, since: datetime) -> int:
@@ -214,18 +216,6 @@ def retry(db: Database, outbox_id: int, *, now: datetime | None = None) -> bool:
         row.claimed_until = None
         s.add(row)
         return True
-
-
-def get(db: Database, outbox_id: int) -> OutboxItem | None:
-    with db.read() as s:
-        row = s.get(OutboxRow, outbox_id)
-        return _item(row) if row else None
-
-
-def raw_of(db: Database, outbox_id: int) -> bytes | None:
-    with db.read() as s:
-        row = s.get(OutboxRow, outbox_id)
-        return row.raw if row else None
 
 
 def list_items(db: Database, *, state: str | None = None, limit: int = 200) -> list[OutboxItem]:

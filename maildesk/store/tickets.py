@@ -17,6 +17,7 @@ from maildesk.domain import (
     Status,
     TicketView,
 )
+from maildesk.store.db import Database
 from maildesk.store.tables import (
     AttachmentRow,
     EntryRow,
@@ -294,3 +295,14 @@ def report_rows(s: Session, since: datetime | None) -> list[TicketRow]:
     if since is not None:
         q = q.where(col(TicketRow.created_at) >= since)
     return list(s.exec(q).all())
+
+
+def count_by_status(db: Database) -> dict[str, int]:
+    """Live tickets per status (merged-away ones excluded), for the metrics gauge."""
+    from sqlalchemy import func
+
+    with db.read() as s:
+        rows = s.exec(select(TicketRow.status, func.count())
+                      .where(col(TicketRow.merged_into).is_(None))
+                      .group_by(TicketRow.status)).all()
+    return {status: n for status, n in rows}

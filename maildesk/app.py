@@ -1,0 +1,25 @@
+"""Wiring shared by the CLI and the daemon: the database and the pipeline with its reactors."""
+
+from __future__ import annotations
+
+from maildesk.config import Settings
+from maildesk.pipeline import Pipeline, Reactor
+from maildesk.store import Database
+
+
+def open_database(settings: Settings, *, migrate: bool = True) -> Database:
+    db = Database(settings.database.url, pool_size=settings.database.pool_size)
+    if migrate:
+        db.ensure_schema()
+    return db
+
+
+def reactors(settings: Settings) -> list[Reactor]:
+    """The outbound side: acknowledgements, notifications, bounces (see maildesk.outbound)."""
+    from maildesk.outbound.react import OutboundReactor
+
+    return [OutboundReactor(settings)]
+
+
+def build_pipeline(settings: Settings, db: Database) -> Pipeline:
+    return Pipeline(settings, db, reactors(settings))

@@ -1,0 +1,102 @@
+"""The mail a stored change causes: acknowledgements, agent notifications, rule replies.
+
+`OutboundReactor` is the pipeline's Reactor. It runs inside the processing transaction,
+so its outbox rows commit with the ticket change. Loop safety (SPEC §2.6): what classify
+calls automatic or bulk (which covers noreply senders and our own X-Loop) is never
+answered, and Composer holds the suppression list and the per-address hourly cap.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlmodel import Session
+
+from maildesk.config import Settings
+from maildesk.domain import EntryKind, ParsedMail
+from maildesk.outbound import bounce
+from maildesk.outbound.compose import (
+    Composer,
+    Draft,
+    MailKind,
+    Queued,
+    Thread,
+    message_context,
+)
+from maildesk.outbound.render import Templates
+from maildesk.pipeline import Change
+from maildesk.store import tickets
+from maildesk.store.tables import TicketRow
+
+log = logging.getLogger(__name__)
+ACK = "ack"
+NEW_TICKET_AGENT = "new_ticket_agent"
+CUSTOMER_REPLY_AGENT = "customer_reply_agent"
+
+
+class OutboundReactor:
+    def __init__(self, settings: Settings, templates: Templates | None = None) -> None:
+        self.settings = settings
+        self.composer = Composer(settings, templates or Templates(settings.desk.templates))
+
+    def react(self, session: Session, change: Change) -> list[str]:
+        if bounce.is_bounce(change):
+            return bounce.handle(session, self.settings, change)
+        if change.classification.automatic:
+            return [f"no mail: automatic message ({change.classification.automatic})"]
+        if change.entry_kind != EntryKind.CUSTOMER.value:
+            return []  # agent mail: relayed by the agent-command side
+        ticket = tickets.get_row(session, change.ticket_id)
+        if ticket is None:
+            return []
+        lines = self._answer(session, ticket, change) + self._notify(session, ticket, change)
+        for line in lines:
+            log.info("inbox %s <%s>: %s", change.inbox_id, change.mail.message_id or "", line)
+        return lines
+
+    def _answer(self, s: Session, ticket: TicketRow, change: Change) -> list[str]:
+        """The ack on a new ticket, or the templates rules ask for instead of it."""
+        names = list(change.rules.reply_templates) or ([ACK] if change.new_ticket else [])
+        if not names:
+            return []
+        why_not = no_auto_reply(change)
+        if why_not:
+            return [f"no {', '.join(names)}: {why_not}"]
+        to = reply_address(change.mail)
+        assert to is not None  # no_auto_reply checked it
+        context = {"message": message_context(change.mail)}
+        return [self._queue(s, ticket, change, Draft(
+            template=name, to=(to,), kind=MailKind.AUTO_REPLY,
+            thread=Thread.answering(change.mail), context=context, entry_id=change.entry_id,
+        )).note for name in names]
+
+    def _notify(self, s: Session, ticket: TicketRow, change: Change) -> list[str]:
+        """Tell the assignee (else the queue's agents) and the rule's `notify` addresses."""
+        agents = [ticket.assignee] if ticket.assignee else list(
+            self.settings.queue_agents(ticket.queue))
+        targets = list(dict.fromkeys([*agents, *change.rules.notify]))
+        name = NEW_TICKET_AGENT if change.new_ticket else CUSTOMER_REPLY_AGENT
+        names = {a.email: a.name for a in self.settings.agents}
+        context = {"message": message_context(change.mail)}
+        return [self._queue(s, ticket, change, Draft(
+            template=name, to=(addr,), kind=MailKind.NOTIFICATION,
+            thread=Thread.answering(change.mail), entry_id=change.entry_id,
+            context={**context, "agent": {"email": addr, "name": names.get(addr, "")}},
+        )).note for addr in targets]
+
+    def _queue(self, s: Session, ticket: TicketRow, change: Change, draft: Draft) -> Queued:
+        return self.composer.queue(s, ticket, draft, change.now)
+
+
+def no_auto_reply(change: Change) -> str | None:
+    """Why this message must not be answered automatically, or None."""
+    if change.classification.no_auto_reply:
+        return change.classification.no_auto_reply
+    if reply_address(change.mail) is None:
+        return "no sender address to answer"
+    return None
+
+
+def reply_address(mail: ParsedMail) -> str | None:
+    """Replies go to Reply-To when present, else From; never to the envelope sender."""
+    return mail.reply_to[0] if mail.reply_to else mail.from_addr

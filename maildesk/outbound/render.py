@@ -1,0 +1,221 @@
+"""Jinja2 templates to text and HTML, and headers to a safe RFC 5322 message.
+
+The only importer of jinja2. A template `NAME` is `NAME.txt` (required) and `NAME.html`
+(optional); the first line of the text template is `Subject: ...`, the rest is the body.
+HTML is autoescaped, because customer-written subjects and bodies end up in it. Header
+values pass through `header_text`, which drops CR, LF and other controls: a subject such
+as "hi\\r\\nBcc: victim" can never add a header.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import format_datetime, formataddr
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, TemplateError, select_autoescape
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]+")
+_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[A-Za-z0-9.-]+")
+MAX_SUBJECT = 250
+MAX_REFERENCES = 20  # keep the newest ids: long chains make headers clients truncate anyway
+FILETIME_EPOCH = 116444736000000000  # 1601-01-01 to 1970-01-01 in 100 ns units
+
+
+class RenderError(Exception):
+    """A template is missing or broken; the message that needed it is not sent."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str | None
+
+
+class Templates:
+    """One folder of templates, loaded once: SIGHUP builds a new instance."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.env = Environment(
+            loader=FileSystemLoader(str(folder)),
+            autoescape=select_autoescape(enabled_extensions=("html", "htm"), default=False,
+                                         default_for_string=False),
+            keep_trailing_newline=True, auto_reload=False, trim_blocks=True, lstrip_blocks=True,
+        )
+
+    def exists(self, name: str) -> bool:
+        return (self.folder / f"{name}.txt").is_file()
+
+    def check(self, names: Sequence[str]) -> list[str]:
+        """Problems with the named templates (missing, syntax errors), one line each."""
+        problems = []
+        for name in names:
+            if not self.exists(name):
+                problems.append(f"template {name!r}: {self.folder / (name + '.txt')} is missing")
+                continue
+            for suffix in (".txt", ".html"):
+                if suffix == ".html" and not (self.folder / f"{name}.html").is_file():
+                    continue
+                try:
+                    self.env.get_template(name + suffix)
+                except TemplateError as exc:
+                    problems.append(f"template {name}{suffix}: {exc}")
+        return problems
+
+    def render(self, name: str, context: Mapping[str, object]) -> Rendered:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or not self.exists(name):
+            raise RenderError(f"no template {name!r} in {self.folder}")
+        try:
+            text = self.env.get_template(f"{name}.txt").render(context)
+            html = None
+            if (self.folder / f"{name}.html").is_file():
+                html = self.env.get_template(f"{name}.html").render(context)
+        except TemplateError as exc:
+            raise RenderError(f"template {name!r}: {exc}") from exc
+        subject, body = _split_subject(text)
+        return Rendered(subject=subject, text=body, html=html)
+
+
+def _split_subject(text: str) -> tuple[str, str]:
+    first, _, rest = text.partition("\n")
+    if first.lower().startswith("subject:"):
+        return header_text(first[len("subject:"):]), rest.lstrip("\n")
+    return "", text
+
+
+def header_text(value: str, limit: int = MAX_SUBJECT) -> str:
+    """One safe header line: controls (CR, LF, NUL, ...) become spaces, runs collapse."""
+    return " ".join(_CONTROLS.sub(" ", value).split())[:limit]
+
+
+def safe_address(value: str) -> str | None:
+    """A bare address usable in a header and an SMTP envelope, or None."""
+    value = value.strip()
+    return value if _ADDRESS.fullmatch(value) else None
+
+
+def new_message_id(domain: str) -> str:
+    """A fresh Message-ID of our own domain, without angle brackets."""
+    return f"{secrets.token_hex(16)}@{domain}"
+
+
+def thread_index(parent: str | None, now: float | None = None) -> str:
+    """Continue an Outlook Thread-Index (5 bytes per reply), or start a conversation."""
+    filetime = int((now if now is not None else time.time()) * 10_000_000) + FILETIME_EPOCH
+    raw = _decode_index(parent)
+    if raw is None:
+        return base64.b64encode(filetime.to_bytes(8, "big")[:6] + os.urandom(16)).decode()
+    header_time = int.from_bytes(raw[:6] + b"\0\0", "big")
+    delta = max(0, filetime - header_time)
+    # 31 bits of the time delta at Outlook's precision; the top bit flags a coarser unit
+    fine = delta < 1 << 49
+    block = (delta >> 18) & 0x7FFFFFFF if fine else (1 << 31) | ((delta >> 23) & 0x7FFFFFFF)
+    child = block.to_bytes(4, "big") + os.urandom(1)
+    return base64.b64encode(raw + child).decode()
+
+
+def _decode_index(value: str | None) -> bytes | None:
+    if not value:
+        return None
+    try:
+        raw = base64.b64decode("".join(value.split()), validate=True)
+    except ValueError:
+        return None
+    return raw if len(raw) >= 22 and (len(raw) - 22) % 5 == 0 else None
+
+
+@dataclass(frozen=True)
+class Headers:
+    """Everything an outgoing message says about itself, before sanitising."""
+
+    from_name: str
+    from_addr: str
+    to: Sequence[str]
+    subject: str
+    message_id: str
+    date: datetime
+    reply_to: str | None = None
+    in_reply_to: str | None = None
+    references: Sequence[str] = ()
+    thread_topic: str | None = None
+    thread_index: str | None = None
+    auto_submitted: str | None = None  # "auto-replied" | "auto-generated" | None
+    x_loop: str | None = None
+
+
+def build_message(h: Headers, body: Rendered) -> bytes:
+    """The message as CRLF bytes, ready for SMTP (the Maildir transport converts to LF).
+
+    Written by hand rather than through email.message: the header registry costs a few
+    milliseconds per message, and every value here is already validated or sanitised."""
+    refs = [r for r in (_msg_id(x) for x in h.references) if r][-MAX_REFERENCES:]
+    in_reply_to = _msg_id(h.in_reply_to) if h.in_reply_to else None
+    lines = [
+        ("From", formataddr((header_text(h.from_name, 100), h.from_addr), "utf-8")),
+        ("To", ", ".join(h.to)),
+        ("Reply-To", h.reply_to),
+        ("Subject", _encoded(h.subject)),
+        ("Date", format_datetime(h.date)),
+        ("Message-ID", f"<{h.message_id}>"),
+        ("In-Reply-To", f"<{in_reply_to}>" if in_reply_to else None),
+        ("References", "\r\n ".join(f"<{r}>" for r in refs) or None),
+        ("Thread-Topic", _encoded(h.thread_topic) if h.thread_topic else None),
+        ("Thread-Index", header_text(h.thread_index, 900) if h.thread_index else None),
+        ("Auto-Submitted", h.auto_submitted),
+        # Exchange: no out-of-office replies to automatic mail
+        ("X-Auto-Response-Suppress", "All" if h.auto_submitted else None),
+        ("X-Loop", h.x_loop),
+        ("MIME-Version", "1.0"),
+    ]
+    head = "".join(f"{name}: {value}\r\n" for name, value in lines if value)
+    if body.html is None:
+        return head.encode("ascii") + _text_part("plain", body.text)
+    boundary = "=_" + secrets.token_hex(12)
+    parts = (b"--" + boundary.encode() + b"\r\n" + _text_part("plain", body.text)
+             + b"\r\n--" + boundary.encode() + b"\r\n" + _text_part("html", body.html)
+             + b"\r\n--" + boundary.encode() + b"--\r\n")
+    return (head + f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'
+            ).encode("ascii") + parts
+
+
+def _text_part(subtype: str, text: str) -> bytes:
+    """Headers and quoted-printable UTF-8 body of one text part, CRLF line ends."""
+    data = "\n".join(text.splitlines()).encode("utf-8") + b"\n"
+    qp = binascii.b2a_qp(data, quotetabs=False, istext=True).replace(b"\n", b"\r\n")
+    return (f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode("ascii") + qp
+
+
+def _encoded(value: str) -> str:
+    """A sanitised unstructured header value; RFC 2047 words when it is not ASCII.
+
+    Base64 words of at most 45 bytes (60 characters encoded), split between characters,
+    one per folded line."""
+    text = header_text(value)
+    if text.isascii():
+        return text
+    words, chunk = [], b""
+    for ch in text:
+        data = ch.encode("utf-8")
+        if len(chunk) + len(data) > 45:
+            words.append(chunk)
+            chunk = b""
+        chunk += data
+    words.append(chunk)
+    return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(w).decode('ascii')}?=" for w in words)
+
+
+def _msg_id(value: str) -> str | None:
+    """A message id fit for a header: no brackets, spaces or controls, one '@'."""
+    v = header_text(value, 998).strip("<> ")
+    return v if v and " " not in v and "<" not in v and ">" not in v and "@" in v else None

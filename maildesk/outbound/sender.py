@@ -1,0 +1,158 @@
+"""Drains the outbox: claim due rows, deliver, record the result (SPEC §2.1, §2.6).
+
+A temporary failure (4xx, network, Maildir I/O) is retried with exponential backoff, 1
+minute doubling up to 1 hour, until the tries span `outbound.max_retry` (2 days by
+default); a permanent one (5xx) marks the row failed at once, visible in `maildesk outbox
+list` and retried by `maildesk outbox retry ID`. A row is marked sent right after the
+transport accepted it; the window between the two is the only place a crash can cause a
+second delivery, and the Maildir transport closes even that one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from maildesk import metrics
+from maildesk.outbound.transports import DeliveryError, Transport
+from maildesk.store import Database, StoreUnavailable, outbox
+from maildesk.store.inbox import utcnow
+from maildesk.store.outbox import Claimed
+
+log = logging.getLogger(__name__)
+FIRST_DELAY = timedelta(minutes=1)
+MAX_DELAY = timedelta(hours=1)
+
+
+def backoff(attempts: int) -> timedelta:
+    """Delay before try number `attempts + 1`, after `attempts` failed tries."""
+    delay: timedelta = FIRST_DELAY * 2 ** min(max(0, attempts - 1), 16)
+    return min(delay, MAX_DELAY)
+
+
+def gives_up(attempts: int, max_retry: timedelta) -> bool:
+    """True when the tries so far already span max_retry on the backoff schedule."""
+    waited = sum((backoff(n) for n in range(1, attempts + 1)), timedelta(0))
+    return waited >= max_retry
+
+
+@dataclass
+class DrainResult:
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+
+
+class Sender:
+    def __init__(
+        self, db: Database, transport_factory: Callable[[], Transport], *,
+        max_retry: timedelta, batch: int = 50, poll: float = 5.0, linger: float = 0.05,
+    ) -> None:
+        self.db = db
+        self.transport_factory = transport_factory
+        self.max_retry = max_retry
+        self.batch = batch
+        self.poll = poll
+        self.linger = linger  # after a wake-up, let more mail gather: fewer commits and fsyncs
+        self._event = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def configure(self, transport_factory: Callable[[], Transport], max_retry: timedelta) -> None:
+        """SIGHUP: the next drain uses the new outbound settings."""
+        self.transport_factory, self.max_retry = transport_factory, max_retry
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def drain(self, now: datetime | None = None) -> DrainResult:
+        """Send everything due at `now`, batch by batch, until nothing is left."""
+        result = DrainResult()
+        transport = self.transport_factory()
+        try:
+            while not self._stop.is_set():
+                claimed = outbox.claim_due(self.db, now=now, limit=self.batch)
+                self._send_batch(transport, claimed, now, result)
+                if len(claimed) < self.batch:
+                    break
+        finally:
+            transport.close()
+        return result
+
+    def _send_batch(self, transport: Transport, claimed: list[Claimed], now: datetime | None,
+                    result: DrainResult) -> None:
+        """Deliver claimed rows. Results are recorded after each message, or once per batch
+        when the transport is idempotent (a repeat leaves one copy): fewer commits."""
+        done: list[outbox.Result] = []
+        try:
+            for i, c in enumerate(claimed):
+                if self._stop.is_set():  # stopping: the rest is due again at once
+                    outbox.release(self.db, [x.item.id for x in claimed[i:]])
+                    break
+                done.append(self._deliver(transport, c, now or utcnow(), result))
+                if not transport.idempotent:
+                    outbox.record(self.db, done)
+                    done = []
+        finally:
+            if done:
+                transport.sync()  # raises DeliveryError: nothing recorded, all sent again
+                outbox.record(self.db, done)
+
+    def _deliver(self, transport: Transport, claimed: Claimed, now: datetime,
+                 result: DrainResult) -> outbox.Result:
+        item = claimed.item
+        try:
+            note = transport.send(item.id, item.envelope_from, item.recipients, claimed.raw)
+        except DeliveryError as exc:
+            tries = item.attempts + 1
+            if exc.permanent or gives_up(tries, self.max_retry):
+                why = str(exc) if exc.permanent else f"gave up after {tries} tries: {exc}"
+                metrics.outbox_failed.inc()
+                result.failed += 1
+                log.warning("outbox %s <%s>: failed: %s", item.id, item.message_id, why)
+                return outbox.Result(item.id, outbox.FAILED, why)
+            later = now + backoff(tries)
+            result.retried += 1
+            log.info("outbox %s <%s>: retry at %s: %s", item.id, item.message_id,
+                     later.isoformat(timespec="seconds"), exc)
+            return outbox.Result(item.id, outbox.PENDING, str(exc), later)
+        metrics.outbox_sent.inc()
+        result.sent += 1
+        log.info("outbox %s <%s>: sent to %s%s", item.id, item.message_id,
+                 ", ".join(item.recipients), f" ({note})" if note else "")
+        return outbox.Result(item.id, outbox.SENT, note, now)
+
+    # --- the thread --------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="outbox-sender", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30) -> None:
+        """Finish the message being sent, then stop (SIGTERM)."""
+        self._stop.set()
+        self._event.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._event.wait(self.poll):
+                self._stop.wait(self.linger)
+            self._event.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.drain()
+                metrics.outbox_backlog.set(outbox.backlog(self.db))
+            except StoreUnavailable as exc:
+                log.warning("outbox: database unavailable, retrying: %s", exc)
+            except Exception:
+                log.exception("outbox: unexpected error while sending")

@@ -1,0 +1,187 @@
+"""Where outgoing mail goes: a Maildir folder (the default) or an SMTP smarthost.
+
+A transport either returns (delivered) or raises DeliveryError saying whether a later
+try may succeed. The Maildir transport names each file after the outbox row and its
+Message-ID and links it into `new/` only if no such file exists yet, so delivering the
+same row twice (a crash between delivery and `mark_sent`) leaves one file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import smtplib
+import ssl
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from maildesk.config import Outbound
+
+
+class DeliveryError(Exception):
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class Transport(Protocol):
+    idempotent: bool  # delivering the same row twice leaves one copy
+
+    def send(self, outbox_id: int, envelope_from: str, recipients: Sequence[str],
+             raw: bytes) -> str | None:
+        """Deliver one message; returns a note (e.g. partly refused) or None."""
+        ...
+
+    def sync(self) -> None:
+        """Make what send() delivered durable; the sender records it as sent after this."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def make_transport(cfg: Outbound) -> Transport:
+    if cfg.transport == "smtp":
+        return SmtpTransport(cfg)
+    return MaildirTransport(cfg.maildir)
+
+
+class MaildirTransport:
+    idempotent = True
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._linked = False  # a file entered new/ since the last sync()
+        for sub in ("tmp", "new", "cur"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+
+    def send(self, outbox_id: int, envelope_from: str, recipients: Sequence[str],
+             raw: bytes) -> str | None:
+        digest = hashlib.sha256(raw).hexdigest()[:16]
+        name = f"{outbox_id}.{digest}.maildesk"
+        new = self.folder / "new" / name
+        if new.exists() or any((self.folder / "cur").glob(f"{name}*")):
+            return "already in the Maildir"
+        body = raw.replace(b"\r\n", b"\n")
+        data = f"Return-Path: <{envelope_from}>\n".encode() + body
+        tmp = self.folder / "tmp" / f"{name}.{os.getpid()}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, new)  # fails if a copy got there first: never two files
+            except FileExistsError:
+                return "already in the Maildir"
+            self._linked = True
+        except OSError as exc:
+            raise DeliveryError(f"Maildir {self.folder}: {exc}", permanent=False) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        return None
+
+    def sync(self) -> None:
+        """One directory fsync for a whole batch of new files (each file is already synced)."""
+        if self._linked:
+            try:
+                _fsync_dir(self.folder / "new")
+            except OSError as exc:
+                raise DeliveryError(f"Maildir {self.folder}: {exc}", permanent=False) from exc
+            self._linked = False
+
+    def close(self) -> None:
+        pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SmtpTransport:
+    """One connection to the smarthost, opened on first use and reused until close()."""
+
+    idempotent = False
+
+    def __init__(self, cfg: Outbound) -> None:
+        self.cfg = cfg
+        self.conn: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        cfg, timeout = self.cfg, self.cfg.timeout.total_seconds()
+        context = ssl.create_default_context()
+        conn: smtplib.SMTP
+        if cfg.tls == "implicit":
+            conn = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=timeout, context=context)
+        else:
+            conn = smtplib.SMTP(cfg.host, cfg.port, timeout=timeout)
+        try:
+            conn.ehlo_or_helo_if_needed()
+            if cfg.tls == "starttls":
+                conn.starttls(context=context)
+                conn.ehlo()
+            if cfg.username:
+                conn.login(cfg.username, cfg.resolved_password() or "")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def send(self, outbox_id: int, envelope_from: str, recipients: Sequence[str],
+             raw: bytes) -> str | None:
+        try:
+            if self.conn is None:
+                self.conn = self._connect()
+            refused = self.conn.sendmail(envelope_from, list(recipients), raw)
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = [code for code, _ in exc.recipients.values()]
+            raise DeliveryError(_refused(exc.recipients),
+                                permanent=all(c >= 500 for c in codes)) from exc
+        except smtplib.SMTPAuthenticationError as exc:  # our configuration: retry when fixed
+            self.close()
+            raise DeliveryError(f"smarthost login failed: {_reply(exc)}", permanent=False) from exc
+        except smtplib.SMTPResponseException as exc:
+            self._reset()
+            raise DeliveryError(f"smarthost said {_reply(exc)}",
+                                permanent=500 <= exc.smtp_code < 600) from exc
+        except (TimeoutError, smtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            self.close()
+            raise DeliveryError(f"smarthost {self.cfg.host}:{self.cfg.port}: {exc}",
+                                permanent=False) from exc
+        return f"refused by the smarthost: {_refused(refused)}" if refused else None
+
+    def sync(self) -> None:
+        pass  # the smarthost's 250 already means it has the message
+
+    def _reset(self) -> None:
+        """After a refused transaction the connection may be reused: RSET, or drop it."""
+        if self.conn is None:
+            return
+        try:
+            self.conn.rset()
+        except (smtplib.SMTPException, OSError):
+            self.close()
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        try:
+            conn.quit()
+        except (smtplib.SMTPException, OSError):
+            conn.close()
+
+
+def _reply(exc: smtplib.SMTPResponseException) -> str:
+    text = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) \
+        else str(exc.smtp_error)
+    return f"{exc.smtp_code} {' '.join(text.split())}"
+
+
+def _refused(recipients: dict[str, tuple[int, bytes]]) -> str:
+    return "; ".join(f"{addr}: {code} {msg.decode('utf-8', 'replace')}"
+                     for addr, (code, msg) in recipients.items())

@@ -1,0 +1,243 @@
+"""`maildesk serve`: builds everything from Settings, runs it, stops it cleanly.
+
+One asyncio loop in the main thread carries the SMTP listener, the metrics endpoint,
+the signals and the systemd notifications; processing and sending run in a thread each,
+so a slow smarthost or a long batch never delays a `250`. SIGTERM stops listening, lets
+transactions in progress finish (their `250` is only sent after the commit), finishes
+the batch and the message in hand, and exits 0; what is still queued stays in the
+database for the next start. SIGHUP re-reads the config file and swaps rules, agents and
+templates in between batches, without closing a connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from maildesk import metrics
+from maildesk.app import build_pipeline, open_database
+from maildesk.config import ConfigError, Settings, load_settings
+from maildesk.intake.smtp import SmtpIntake
+from maildesk.outbound.render import Templates
+from maildesk.outbound.sender import Sender
+from maildesk.outbound.transports import make_transport
+from maildesk.store import Database, StoreUnavailable, outbox, tickets
+from maildesk.worker import Worker
+
+log = logging.getLogger("maildesk.service")
+SHIPPED_TEMPLATES = ("ack", "solved", "command_error", "agent_reply", "new_ticket_agent",
+                     "customer_reply_agent", "sla_reminder", "sla_breach")
+
+
+class Intake(Protocol):
+    def start(self) -> None: ...
+    def stop(self, timeout: float = 10) -> None: ...
+    def reload(self, settings: Settings) -> None: ...
+
+
+def run(settings: Settings, config_path: Path | None = None) -> int:
+    """The daemon's main: returns the exit status (0 after SIGTERM)."""
+    _configure_logging()
+    problems = Templates(settings.desk.templates).check(SHIPPED_TEMPLATES)
+    if problems:
+        for line in problems:
+            log.error("%s", line)
+        return 1
+    return asyncio.run(Service(settings, config_path).serve())
+
+
+def _configure_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=os.environ.get("MAILDESK_LOG_LEVEL", "INFO").upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: per-command noise
+
+
+class Service:
+    def __init__(self, settings: Settings, config_path: Path | None) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.db: Database = open_database(settings)
+        self.sender = Sender(self.db, lambda: make_transport(self.settings.outbound),
+                             max_retry=settings.outbound.max_retry)
+        self.smtp: SmtpIntake | None = None
+        self.worker = Worker(self.db, build_pipeline(settings, self.db),
+                             after_batch=self.sender.wake, yield_to=self._intake_busy)
+        if settings.smtp.enabled:
+            hostname = settings.smtp.hostname or socket.getfqdn()
+            self.smtp = SmtpIntake(settings, self.db, self.worker.wake, hostname)
+        self.imap: Intake | None = None
+        self.metrics: MetricsServer | None = None
+        self._stopping = asyncio.Event()
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.worker.start()
+        self.sender.start()
+        if self.smtp is not None:
+            await self.smtp.start()
+        self._start_imap(self.settings)
+        if self.settings.metrics.listen:
+            self.metrics = MetricsServer(self.db, self._healthy)
+            await self.metrics.start(self.settings.metrics.host or "127.0.0.1",
+                                     self.settings.metrics.port or 0)
+        loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        # Everything built so far lives as long as the process: keep it out of the garbage
+        # collector's full passes, which otherwise stall processing for tens of ms.
+        gc.freeze()
+        self.worker.wake()  # whatever an earlier run or `ingest --queue` left queued
+        self.sender.wake()
+        watchdog = loop.create_task(self._watchdog())
+        sd_notify("READY=1\nSTATUS=accepting mail")
+        log.info("maildesk is running (pid %s)", os.getpid())
+        await self._stopping.wait()
+        sd_notify("STOPPING=1")
+        log.info("stopping: draining SMTP transactions, the batch and the message in hand")
+        watchdog.cancel()
+        await self._shutdown()
+        log.info("stopped")
+        return 0
+
+    def _start_imap(self, settings: Settings) -> None:
+        if settings.mailboxes and self.imap is None:
+            from maildesk.intake.imap import ImapIntake
+
+            self.imap = ImapIntake(settings, self.db, self.worker.wake)
+            self.imap.start()
+
+    async def _shutdown(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.smtp is not None:
+            await self.smtp.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
+        for stop in (self.imap.stop if self.imap else None, self.worker.stop, self.sender.stop):
+            if stop is not None:
+                await loop.run_in_executor(None, stop)
+        self.db.dispose()
+
+    async def reload(self) -> None:
+        """SIGHUP: a new config applies from the next batch; a bad one changes nothing."""
+        if self.config_path is None:
+            log.warning("SIGHUP: no config file to re-read")
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.run_in_executor(None, load_settings, self.config_path)
+            problems = Templates(new.desk.templates).check(SHIPPED_TEMPLATES)
+            if problems:
+                raise ConfigError(problems)
+            pipeline = build_pipeline(new, self.db)
+        except ConfigError as exc:
+            log.error("SIGHUP: configuration not reloaded:\n%s", "\n".join(exc.problems))
+            return
+        for what, old_value, new_value in (
+            ("smtp", self.settings.smtp, new.smtp),
+            ("database", self.settings.database, new.database),
+        ):
+            if old_value != new_value:
+                log.warning("SIGHUP: [%s] changed; it takes effect at the next restart", what)
+        self.settings = new
+        self.worker.set_pipeline(pipeline)
+        if self.smtp is not None:
+            self.smtp.reload(new)
+        self.sender.configure(lambda: make_transport(new.outbound), new.outbound.max_retry)
+        if self.imap is not None:
+            self.imap.reload(new)
+        self._start_imap(new)
+        log.info("SIGHUP: reloaded rules, agents, queues and templates from %s", self.config_path)
+
+    def _intake_busy(self) -> bool:
+        return self.db.is_sqlite and self.smtp is not None and self.smtp.busy()
+
+    def _healthy(self) -> bool:
+        return self.worker.alive and self.sender.alive and not self._stopping.is_set()
+
+    async def _watchdog(self) -> None:
+        """systemd WatchdogSec: ping at half the interval while the workers are alive."""
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if not usec or os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
+            return
+        while True:
+            await asyncio.sleep(usec / 2_000_000)
+            if self._healthy():
+                sd_notify("WATCHDOG=1")
+
+
+def sd_notify(state: str) -> None:
+    """The systemd notify protocol: one datagram to $NOTIFY_SOCKET; nothing without it."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("systemd notify failed: %s", exc)
+
+
+class MetricsServer:
+    """GET /metrics (Prometheus text format) and GET /healthz on `metrics.listen`."""
+
+    def __init__(self, db: Database, healthy: Callable[[], bool]) -> None:
+        self.db = db
+        self.healthy = healthy
+        self.server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        self.server = await asyncio.start_server(self._handle, host, port)
+        log.info("metrics on http://%s:%s/metrics", host, self.server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            path = request.split(b" ", 2)[1].decode("ascii", "replace") if b" " in request else ""
+            status, ctype, body = await asyncio.get_running_loop().run_in_executor(
+                None, self._respond, path.split("?", 1)[0])
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                         + body)
+            await writer.drain()
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    def _respond(self, path: str) -> tuple[str, str, bytes]:
+        if path == "/metrics":
+            with contextlib.suppress(StoreUnavailable):
+                metrics.outbox_backlog.set(outbox.backlog(self.db))
+                for status, n in tickets.count_by_status(self.db).items():
+                    metrics.tickets.labels(status).set(n)
+            return ("200 OK", *metrics.exposition())
+        if path == "/healthz":
+            ok = self.healthy() and _database_up(self.db)
+            return ("200 OK" if ok else "503 Service Unavailable", "text/plain",
+                    b"ok\n" if ok else b"unhealthy\n")
+        return "404 Not Found", "text/plain", b"not found\n"
+
+
+def _database_up(db: Database) -> bool:
+    try:
+        return db.has_schema()
+    except StoreUnavailable:
+        return False

@@ -1,0 +1,118 @@
+"""The processing loop: committed inbox messages become ticket changes.
+
+Intake calls `wake()` right after a commit, so a message is processed within
+milliseconds, not on the next tick. The loop also polls every `poll` seconds, which
+picks up messages queued by `maildesk ingest --queue`, by another node, or left queued
+by a crash (their lease runs out). Messages are claimed in batches and processed in one
+transaction each (`Pipeline.process_batch`): under load many messages share a commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from maildesk import metrics
+from maildesk.domain import InboxState
+from maildesk.pipeline import Outcome, Pipeline
+from maildesk.store import Database, StoreUnavailable, inbox
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(
+        self, db: Database, pipeline: Pipeline, *, batch: int = 32, poll: float = 1.0,
+        linger: float = 0.01, after_batch: Callable[[], None] | None = None,
+        yield_to: Callable[[], bool] | None = None, max_defer: float = 0.25,
+    ) -> None:
+        self.db = db
+        self.pipeline = pipeline
+        self.batch = batch
+        self.poll = poll
+        self.linger = linger  # after a wake-up, let concurrent messages join the batch
+        self._busy = False  # the last batch had company: messages are arriving together
+        self.after_batch = after_batch or (lambda: None)
+        # Intake goes first: on SQLite a processing transaction makes SMTP commits wait, so
+        # while `yield_to()` says intake is busy a batch waits, up to `max_defer` seconds.
+        self.yield_to = yield_to or (lambda: False)
+        self.max_defer = max_defer
+        self._event = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._committed: dict[int, float] = {}  # inbox id -> monotonic commit time (latency)
+        self._lock = threading.Lock()
+
+    def wake(self, committed: Sequence[int] = ()) -> None:
+        """New messages are committed: process them now. Safe from any thread."""
+        if committed:
+            t = time.monotonic()
+            with self._lock:
+                self._committed.update(dict.fromkeys(committed, t))
+        self._event.set()
+
+    def set_pipeline(self, pipeline: Pipeline) -> None:
+        """SIGHUP: the next batch runs with the new rules, agents and templates."""
+        self.pipeline = pipeline
+
+    def run_once(self) -> list[Outcome]:
+        """Claim one batch and process it; [] when nothing is queued."""
+        deadline = time.monotonic() + self.max_defer
+        while self.yield_to() and time.monotonic() < deadline and not self._stop.is_set():
+            time.sleep(0.001)
+        ids = inbox.claim(self.db, limit=self.batch)
+        if not ids:
+            return []
+        self._busy = len(ids) > 1
+        outcomes = self.pipeline.process_batch(ids)
+        done = time.monotonic()
+        with self._lock:
+            started = [self._committed.pop(o.inbox_id, None) for o in outcomes]
+        for outcome, t0 in zip(outcomes, started, strict=True):
+            metrics.processed.labels(outcome.state.value).inc()
+            if outcome.state is InboxState.FAILED:
+                metrics.failed.inc()
+                log.warning("inbox %s: failed: %s", outcome.inbox_id, outcome.reason)
+            if t0 is not None:
+                metrics.latency.observe(done - t0)
+        self.after_batch()
+        return outcomes
+
+    def run_until_empty(self) -> int:
+        """Process batches until none is left; returns how many messages were processed."""
+        n = 0
+        while not self._stop.is_set():
+            outcomes = self.run_once()
+            if not outcomes:
+                break
+            n += len(outcomes)
+        return n
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30) -> None:
+        """Finish the batch in hand, then stop; queued messages stay queued (durable)."""
+        self._stop.set()
+        self._event.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_until_empty()
+            except StoreUnavailable as exc:
+                log.warning("processing paused, database unavailable: %s", exc)
+            except Exception:
+                log.exception("processing loop error; retrying")
+            if self._event.wait(self.poll) and self._busy:
+                self._stop.wait(self.linger)  # under load only: at low load, no added latency
+            self._event.clear()
