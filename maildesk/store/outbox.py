@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 
 from maildesk.store.db import Database
 from maildesk.store.inbox import utcnow
-from maildesk.store.tables import MessageRefRow, OutboxRow, SuppressionRow
+from maildesk.store.tables import AutoReplyRow, MessageRefRow, OutboxRow, SuppressionRow
 
 PENDING, SENT, FAILED, BOUNCED = "pending", "sent", "failed", "bounced"
 LEASE = timedelta(minutes=5)  # longer than any transport timeout: a live sender keeps its rows
@@ -78,36 +78,33 @@ def reserve(
     started), so replies that only reference our mail thread onto it. Both are new: plain
     inserts, no lookup. Core statements, not the unit of work: this runs for every
     outgoing message inside the processing transaction."""
-    outbox_id = s.execute(insert(OutboxRow).values(
+    conn = s.connection()
+    recipients = list(recipients)
+    outbox_id: int | None = conn.execute(insert(OutboxRow).values(
         ticket_id=ticket_id, entry_id=entry_id, template=template, automatic=automatic,
         recipients=",".join(recipients), envelope_from="", message_id=message_id, raw=raw,
         created_at=now, state=PENDING, attempts=0, next_attempt_at=now,
     ).returning(col(OutboxRow.id))).scalar_one()
-    s.execute(update(OutboxRow).where(col(OutboxRow.id) == outbox_id).values(
+    assert outbox_id is not None
+    conn.execute(update(OutboxRow).where(col(OutboxRow.id) == outbox_id).values(
         envelope_from=envelope_from(outbox_id)))
     refs = [{"key": message_id, "ticket_id": ticket_id, "kind": "own"}]
     if thread_index_root:
         refs.append({"key": thread_index_root, "ticket_id": ticket_id, "kind": "thread_index"})
-    s.execute(insert(MessageRefRow), refs)
+    conn.execute(insert(MessageRefRow), refs)
+    if automatic and recipients:
+        conn.execute(insert(AutoReplyRow),
+                     [{"address": a.lower(), "created_at": now} for a in recipients])
     return int(outbox_id)
 
 
 def auto_replies_since(s: Session, address: str, since: datetime) -> int:
     """How many automatic messages went (or are going) to `address` since `since`."""
-    pattern = address.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    rows = s.exec(
-        select(func.count()).select_from(OutboxRow).where(
-            col(OutboxRow.automatic).is_(True),
-            col(OutboxRow.created_at) >= since,
-            or_(
-                col(OutboxRow.recipients) == address,
-                col(OutboxRow.recipients).like(f"{pattern},%", escape="\\"),
-                col(OutboxRow.recipients).like(f"%,{pattern}", escape="\\"),
-                col(OutboxRow.recipients).like(f"%,{pattern},%", escape="\\"),
-            ),
-        )
-    ).one()
-    return int(rows)
+    count = s.connection().execute(
+        select(func.count()).select_from(AutoReplyRow).where(
+            AutoReplyRow.address == address.lower(), col(AutoReplyRow.created_at) >= since)
+    ).scalar_one()
+    return int(count)
 
 
 def by_id(s: Session, outbox_id: int) -> OutboxRow | None:
@@ -129,8 +126,9 @@ def suppressed(s: Session, addresses: Iterable[str]) -> set[str]:
     wanted = list(dict.fromkeys(a.lower() for a in addresses))
     if not wanted:
         return set()
-    found = s.exec(select(SuppressionRow.address).where(col(SuppressionRow.address).in_(wanted)))
-    return set(found.all())
+    found = s.connection().execute(
+        select(SuppressionRow.address).where(col(SuppressionRow.address).in_(wanted)))
+    return set(found.scalars())
 
 
 def suppress(s: Session, address: str, reason: str, now: datetime) -> bool:

@@ -151,6 +151,18 @@ class OutboxRow(SQLModel, table=True):
     sent_at: datetime | None = None
 
 
+class AutoReplyRow(SQLModel, table=True):
+    """One automatic message to one address: the hourly cap counts these (an index
+    range scan, however large the outbox grows)."""
+
+    __tablename__ = "auto_reply"
+    __table_args__ = (Index("ix_auto_reply_address_at", "address", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    address: str
+    created_at: datetime
+
+
 class SuppressionRow(SQLModel, table=True):
     __tablename__ = "suppression"
 

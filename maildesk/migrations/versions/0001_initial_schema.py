@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 00:58:32.273360
+Create Date: 2026-11-22 01:23:12.879551
 """
 
 from collections.abc import Sequence
@@ -32,6 +32,15 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('attachment', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_attachment_entry_id'), ['entry_id'], unique=False)
+
+    op.create_table('auto_reply',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('address', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('auto_reply', schema=None) as batch_op:
+        batch_op.create_index('ix_auto_reply_address_at', ['address', 'created_at'], unique=False)
 
     op.create_table('entry',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -232,6 +241,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_entry_inbox_id'))
 
     op.drop_table('entry')
+    with op.batch_alter_table('auto_reply', schema=None) as batch_op:
+        batch_op.drop_index('ix_auto_reply_address_at')
+
+    op.drop_table('auto_reply')
     with op.batch_alter_table('attachment', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_attachment_entry_id'))
 
