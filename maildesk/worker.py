@@ -44,6 +44,7 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._committed: dict[int, float] = {}  # inbox id -> monotonic commit time (latency)
         self._lock = threading.Lock()
+        self._held: list[int] = []  # claimed, not yet processed
 
     def wake(self, committed: Sequence[int] = ()) -> None:
         """New messages are committed: process them now. Safe from any thread."""
@@ -62,11 +63,15 @@ class Worker:
         deadline = time.monotonic() + self.max_defer
         while self.yield_to() and time.monotonic() < deadline and not self._stop.is_set():
             time.sleep(0.001)
-        ids = inbox.claim(self.db, limit=self.batch)
+        # A batch whose transaction failed (database outage) is still leased to us:
+        # take it up again first instead of letting it wait out the lease.
+        ids = self._held or inbox.claim(self.db, limit=self.batch)
         if not ids:
             return []
+        self._held = ids
         self._busy = len(ids) > 1
         outcomes = self.pipeline.process_batch(ids)
+        self._held = []
         done = time.monotonic()
         with self._lock:
             started = [self._committed.pop(o.inbox_id, None) for o in outcomes]
@@ -95,6 +100,10 @@ class Worker:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
+        if self.db.is_sqlite:  # one daemon per SQLite file: any lease is a dead process's
+            released = inbox.release_leases(self.db)
+            if released:
+                log.info("took back %d messages leased by a previous run", released)
         self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
         self._thread.start()
 

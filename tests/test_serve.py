@@ -326,3 +326,30 @@ def test_sigterm_in_flight_loses_no_accepted_message(own_daemon: Daemon) -> None
         desk.db.dispose()
     finally:
         assert d.stop() == 0
+
+
+def test_message_leased_by_a_killed_daemon_is_processed_at_restart(own_daemon: Daemon) -> None:
+    """kill -9 mid-batch leaves the batch leased; the next start takes it back at once."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from maildesk.domain import Source
+    from maildesk.identity import content_hash, header_message_id
+    from maildesk.store import inbox
+    from maildesk.store.tables import InboxRow
+
+    desk = own_daemon.desk()
+    raw = message(frm="leo@customer.example", msgid="<leased@customer.example>")
+    inbox_id = inbox.add(desk.db, inbox.new_row(
+        raw, source=Source.SMTP, message_id=header_message_id(raw), content_hash=content_hash(raw)))
+    with desk.db.write() as s:  # as a worker that died mid-batch leaves it
+        s.connection().execute(update(InboxRow).where(InboxRow.id == inbox_id).values(
+            claimed_until=datetime.now(UTC) + timedelta(minutes=5)))
+    own_daemon.start()
+
+    def ticket() -> int | None:
+        item = inbox.get(desk.db, inbox_id)
+        return item.ticket_id if item else None
+
+    wait_for("the ticket", ticket, timeout=10)  # the lease alone would hold it for 5 minutes

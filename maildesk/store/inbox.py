@@ -166,6 +166,16 @@ def claim(db: Database, *, limit: int, now: datetime | None = None) -> list[int]
         return ids
 
 
+def release_leases(db: Database) -> int:
+    """Forget every processing lease: at the start of the only daemon of a SQLite
+    database, a lease can only be a dead process's (kill -9 mid-batch)."""
+    with db.write() as s:
+        result = s.connection().execute(update(InboxRow).where(
+            col(InboxRow.state) == InboxState.QUEUED.value,
+            col(InboxRow.claimed_until).is_not(None)).values(claimed_until=None))
+        return int(result.rowcount or 0)
+
+
 def get(db: Database, inbox_id: int) -> InboxItem | None:
     with db.read() as s:
         row = s.get(InboxRow, inbox_id)
