@@ -1,0 +1,353 @@
+"""The single tables of the configuration: [desk], [database], [smtp], [outbound],
+[[mailboxes]], [[agents]], [[queues]], [threading], [loop], [security] and [metrics]."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta, tzinfo
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, StrictBool, StrictInt, ValidationInfo, field_validator
+
+from maildesk.config.values import (
+    _EMAIL,
+    ConfigError,
+    ConfigPath,
+    DeskEmail,
+    Duration,
+    Email,
+    ExistingFile,
+    HostPort,
+    Name,
+    Port,
+    PositiveDuration,
+    Text,
+    TimeZone,
+    _config_dir,
+    _fail,
+    _Model,
+    _one_or_many,
+    _size,
+    _zone,
+    split_host_port,
+)
+
+DEFAULT_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+
+
+class Desk(_Model):
+    name: Text = "maildesk"
+    address: DeskEmail
+    secret_file: ConfigPath | None = None
+    secret: str = Field(default="", repr=False, validate_default=True)
+    ticket_prefix: str = "MD"
+    operators: list[Email] = []
+    alert_after: Duration = timedelta(minutes=15)
+    templates: ConfigPath = Field(default=DEFAULT_TEMPLATES, validate_default=True)
+    timezone: TimeZone = "UTC"
+    default_queue: Name = "general"
+    message_id_domain: str | None = Field(default=None, validate_default=True)
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, v: str, info: ValidationInfo) -> str:
+        env = os.environ.get("MAILDESK_SECRET", "").strip()
+        if env:
+            return env
+        if "secret_file" not in info.data:  # invalid secret_file: reported on its own
+            return v
+        path: Path | None = info.data["secret_file"]
+        if path is None:
+            if not v.strip():
+                raise ValueError("required: set secret, secret_file or MAILDESK_SECRET")
+            return v
+        if v:
+            raise ValueError("set secret or secret_file, not both")
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise _fail([(("secret_file",), f"cannot read {path}: {e}")], up=1) from None
+        if not text:
+            raise _fail([(("secret_file",), f"{path} is empty")], up=1)
+        return text
+
+    @field_validator("ticket_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9]{1,16}", v):
+            raise ValueError(f"{v!r}: letters and digits only")
+        return v
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, v: Path) -> Path:
+        if not v.is_dir():
+            raise ValueError(f"not a directory: {v}")
+        return v
+
+    @field_validator("message_id_domain")
+    @classmethod
+    def _mid_domain(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            address: str | None = info.data.get("address")
+            return address.rpartition("@")[2] if address else None
+        if not _EMAIL.fullmatch(f"x@{v.lower()}"):
+            raise ValueError(f"not a domain name: {v!r}")
+        return v.lower()
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2]
+
+    @property
+    def tzinfo(self) -> tzinfo:
+        return _zone(self.timezone)
+
+
+class Database(_Model):
+    url: str = Field(default="sqlite:///var/maildesk.db", validate_default=True)
+    pool_size: Annotated[StrictInt, Field(ge=1)] = 5
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str, info: ValidationInfo) -> str:
+        url = os.environ.get("MAILDESK_DATABASE_URL", "").strip() or v.strip()
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix):]
+        if url.startswith("postgresql+psycopg://") or url in ("sqlite://", "sqlite:///:memory:"):
+            return url
+        if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+            path, sep, query = url[len("sqlite:///"):].partition("?")
+            p = Path(path).expanduser()
+            p = p if p.is_absolute() else _config_dir(info) / p
+            return f"sqlite:///{p}{sep}{query}"
+        raise ValueError(f"{url!r}: must start with sqlite:/// or postgresql+psycopg://")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite:")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The database file (absolute) for SQLite on disk; None otherwise."""
+        if not self.url.startswith("sqlite:///") or self.url == "sqlite:///:memory:":
+            return None
+        return Path(self.url[len("sqlite:///"):].partition("?")[0])
+
+    @property
+    def redacted_url(self) -> str:
+        return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", self.url)
+
+
+class Smtp(_Model):
+    enabled: StrictBool = True
+    listen: HostPort = "127.0.0.1:2525"
+    hostname: str | None = None
+    max_message_size: Annotated[StrictInt, BeforeValidator(_size), Field(ge=1)] = 26214400
+    max_connections: Annotated[StrictInt, Field(ge=1)] = 100
+    max_recipients: Annotated[StrictInt, Field(ge=1)] = 100
+    tls_cert: ExistingFile | None = None
+    tls_key: ExistingFile | None = Field(default=None, validate_default=True)
+    require_tls: StrictBool = False
+    auth_users_file: ExistingFile | None = None
+    connection_timeout: PositiveDuration = timedelta(minutes=5)
+
+    @field_validator("tls_key")
+    @classmethod
+    def _pair(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        if "tls_cert" in info.data and (v is None) != (info.data["tls_cert"] is None):
+            raise ValueError("set both tls_cert and tls_key, or neither")
+        return v
+
+    @field_validator("require_tls", "auth_users_file")
+    @classmethod
+    def _needs_tls(cls, v: object, info: ValidationInfo) -> object:
+        if v and "tls_cert" in info.data and info.data["tls_cert"] is None:
+            raise ValueError("needs tls_cert and tls_key (STARTTLS)")
+        return v
+
+    @field_validator("auth_users_file")
+    @classmethod
+    def _users(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            read_auth_users(v)
+        return v
+
+    @property
+    def host(self) -> str:
+        return split_host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_host_port(self.listen)[1]
+
+    def auth_users(self) -> dict[str, str]:
+        """user -> password from auth_users_file (re-read on each call); {} without AUTH."""
+        return read_auth_users(self.auth_users_file) if self.auth_users_file else {}
+
+
+def read_auth_users(path: Path) -> dict[str, str]:
+    """Parse "user:password" lines; blank lines and lines starting with '#' are skipped."""
+    users: dict[str, str] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep or not user.strip() or not password:
+            raise ValueError(f"{path} line {n}: expected user:password")
+        users[user.strip()] = password
+    return users
+
+
+def _read_secret(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{what}: cannot read {path}: {e}"]) from None
+
+
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+class Outbound(_Model):
+    transport: Literal["maildir", "smtp"] = "maildir"
+    maildir: ConfigPath = Field(default=Path("var/outbox"), validate_default=True)
+    host: Text = "localhost"
+    port: Port = 25
+    tls: Literal["none", "starttls", "implicit"] = "none"
+    username: str | None = None
+    password_file: ConfigPath | None = None
+    password: str | None = Field(default=None, repr=False, validate_default=True)
+    timeout: PositiveDuration = timedelta(seconds=30)
+    max_retry: PositiveDuration = timedelta(days=2)
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, v: str | None, info: ValidationInfo) -> str | None:
+        d = info.data
+        if d.get("transport") != "smtp" or "password_file" not in d:
+            return v
+        has_env = bool(os.environ.get("MAILDESK_SMTP_PASSWORD"))
+        if v is not None and d["password_file"] is not None:
+            raise ValueError("set password or password_file, not both")
+        if d.get("username") and v is None and d["password_file"] is None and not has_env:
+            raise ValueError("required with username: password, password_file or "
+                             "MAILDESK_SMTP_PASSWORD")
+        if d.get("username") and d.get("tls") == "none" and d.get("host") not in _LOOPBACK:
+            why = "refusing to send credentials without TLS to a remote host"
+            raise _fail([(("tls",), f"{why}: use starttls or implicit")], up=1)
+        return v
+
+    def resolved_password(self) -> str | None:
+        """MAILDESK_SMTP_PASSWORD, else password_file (read now), else password."""
+        env = os.environ.get("MAILDESK_SMTP_PASSWORD")
+        if env:
+            return env
+        if self.password_file is not None:
+            return _read_secret(self.password_file, "outbound.password_file")
+        return self.password
+
+
+class Mailbox(_Model):
+    name: Name
+    host: Text
+    port: Port = 993
+    tls: Literal["implicit", "starttls", "none"] = "implicit"
+    username: Text
+    password_file: ConfigPath | None = None
+    password: str | None = Field(default=None, repr=False, validate_default=True)
+    folder: Text = "INBOX"
+    processed_folder: str | None = None
+    poll_interval: PositiveDuration = timedelta(seconds=60)
+    idle: StrictBool = True
+    batch_size: Annotated[StrictInt, Field(ge=1)] = 100
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, v: str | None, info: ValidationInfo) -> str | None:
+        d = info.data
+        if "name" not in d or "password_file" not in d:
+            return v
+        if v is not None and d["password_file"] is not None:
+            raise ValueError("set password or password_file, not both")
+        env = mailbox_password_env(d["name"])
+        if v is None and d["password_file"] is None and not os.environ.get(env):
+            raise ValueError(f"required: set password, password_file or {env}")
+        return v
+
+    @field_validator("processed_folder")
+    @classmethod
+    def _processed(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and (not v.strip() or v == info.data.get("folder")):
+            raise ValueError("must be a folder other than `folder` (omit it to mark \\Seen)")
+        return v
+
+    @property
+    def password_env(self) -> str:
+        return mailbox_password_env(self.name)
+
+    def resolved_password(self) -> str:
+        """The env variable, else password_file (read now, so rotation works), else password."""
+        env = os.environ.get(self.password_env)
+        if env:
+            return env
+        if self.password_file is not None:
+            return _read_secret(self.password_file, f"mailbox {self.name!r} password_file")
+        if self.password is None:  # only when the environment changed since loading
+            raise ConfigError([f"mailbox {self.name!r}: no password"])
+        return self.password
+
+
+def mailbox_password_env(name: str) -> str:
+    return "MAILDESK_MAILBOX_" + re.sub(r"[^A-Z0-9]", "_", name.upper()) + "_PASSWORD"
+
+
+class Agent(_Model):
+    email: Email
+    name: str = ""
+
+
+class Queue(_Model):
+    name: Name
+    address: DeskEmail | None = None
+    agents: list[Email] = []  # empty: every agent
+
+
+# ---------------------------------------------------------------- small tables
+
+
+class Threading(_Model):
+    subject_window: Duration = timedelta(days=7)  # 0 turns the subject fallback off
+
+
+class Loop(_Model):
+    max_auto_replies_per_hour: Annotated[StrictInt, Field(ge=0)] = 5
+    ticket_from_auto: StrictBool = False
+
+
+class Security(_Model):
+    trusted_authserv_id: Annotated[list[str], BeforeValidator(_one_or_many)] = []
+
+    @field_validator("trusted_authserv_id")
+    @classmethod
+    def _lower(cls, v: list[str]) -> list[str]:
+        return [s.strip().lower() for s in v]
+
+
+class Metrics(_Model):
+    listen: HostPort | None = None
+
+    @property
+    def host(self) -> str | None:
+        return split_host_port(self.listen)[0] if self.listen else None
+
+    @property
+    def port(self) -> int | None:
+        return split_host_port(self.listen)[1] if self.listen else None
