@@ -10,6 +10,7 @@ one commit is in progress the next messages gather, and go to disk together.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Sequence
@@ -190,11 +191,17 @@ class DeskSMTP(SMTP):
         return self.envelope is not None and self.envelope.mail_from is not None
 
     def shut(self) -> None:
-        if self.transport is not None and not self._shut:
-            self._shut = True
-            if isinstance(self.transport, asyncio.WriteTransport):
-                self.transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
-            self.transport.close()
+        """Say 421 and hang up (SIGTERM). A session whose transport is already going away
+        (the client quit, or a TLS layer is tearing down) is only closed: asyncio's TLS
+        transport raises on a write once its protocol is gone."""
+        transport = self.transport
+        if transport is None or self._shut:
+            return
+        self._shut = True
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            with contextlib.suppress(AttributeError, RuntimeError, OSError):
+                transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
+        transport.close()
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
