@@ -69,7 +69,8 @@ class Service:
         self.config_path = config_path
         self.db: Database = open_database(settings)
         self.sender = Sender(self.db, lambda: make_transport(self.settings.outbound),
-                             max_retry=settings.outbound.max_retry)
+                             max_retry=settings.outbound.max_retry,
+                             yield_to=lambda: self.worker.backlogged)
         self.smtp: SmtpIntake | None = None
         self.worker = Worker(self.db, build_pipeline(settings, self.db),
                              after_batch=self.sender.wake, yield_to=self._intake_busy)

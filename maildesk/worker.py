@@ -45,6 +45,7 @@ class Worker:
         self._committed: dict[int, float] = {}  # inbox id -> monotonic commit time (latency)
         self._lock = threading.Lock()
         self._held: list[int] = []  # claimed, not yet processed
+        self._full = False  # the last claim filled a whole batch
 
     def wake(self, committed: Sequence[int] = ()) -> None:
         """New messages are committed: process them now. Safe from any thread."""
@@ -67,9 +68,11 @@ class Worker:
         # take it up again first instead of letting it wait out the lease.
         ids = self._held or inbox.claim(self.db, limit=self.batch)
         if not ids:
+            self._full = False
             return []
         self._held = ids
         self._busy = len(ids) > 1
+        self._full = len(ids) >= self.batch
         outcomes = self.pipeline.process_batch(ids)
         self._held = []
         done = time.monotonic()
@@ -94,6 +97,11 @@ class Worker:
                 break
             n += len(outcomes)
         return n
+
+    @property
+    def backlogged(self) -> bool:
+        """The last batch was full: more messages are probably waiting to be processed."""
+        return self._full
 
     @property
     def alive(self) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -50,6 +51,7 @@ class Sender:
     def __init__(
         self, db: Database, transport_factory: Callable[[], Transport], *,
         max_retry: timedelta, batch: int = 50, poll: float = 5.0, linger: float = 0.05,
+        yield_to: Callable[[], bool] | None = None, max_defer: float = 2.0,
     ) -> None:
         self.db = db
         self.transport_factory = transport_factory
@@ -57,6 +59,11 @@ class Sender:
         self.batch = batch
         self.poll = poll
         self.linger = linger  # after a wake-up, let more mail gather: fewer commits and fsyncs
+        # Processing goes first: in a burst, sending competes with it for the one core
+        # the GIL gives us, so while `yield_to()` says messages wait to become tickets,
+        # sending waits too, up to `max_defer` seconds (acks still go out at low load).
+        self.yield_to = yield_to or (lambda: False)
+        self.max_defer = max_defer
         self._event = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -74,6 +81,7 @@ class Sender:
         transport = self.transport_factory()
         try:
             while not self._stop.is_set():
+                self._defer()
                 claimed = outbox.claim_due(self.db, now=now, limit=self.batch)
                 self._send_batch(transport, claimed, now, result)
                 if len(claimed) < self.batch:
@@ -81,6 +89,11 @@ class Sender:
         finally:
             transport.close()
         return result
+
+    def _defer(self) -> None:
+        deadline = time.monotonic() + self.max_defer
+        while self.yield_to() and time.monotonic() < deadline and not self._stop.is_set():
+            self._stop.wait(0.005)
 
     def _send_batch(self, transport: Transport, claimed: list[Claimed], now: datetime | None,
                     result: DrainResult) -> None:

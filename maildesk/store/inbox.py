@@ -143,22 +143,25 @@ def find_processed_twin(s: Session, env: Envelope) -> tuple[int, int | None] | N
 def claim(db: Database, *, limit: int, now: datetime | None = None) -> list[int]:
     """Lease up to `limit` queued messages for processing, oldest first.
 
-    On PostgreSQL several processes claim concurrently with SKIP LOCKED; on
-    SQLite the write transaction is exclusive anyway."""
+    On PostgreSQL several nodes claim concurrently: FOR UPDATE SKIP LOCKED, and a
+    lease so a dead node's messages come back. On SQLite one daemon owns the file,
+    so claiming is a plain read (no write transaction, no fsync per batch):
+    processing checks that a message is still queued inside its own transaction."""
     now = now or utcnow()
-    with db.write() as s:
-        q = (
-            select(InboxRow.id)
-            .where(
-                InboxRow.state == InboxState.QUEUED.value,
-                or_(col(InboxRow.claimed_until).is_(None), col(InboxRow.claimed_until) < now),
-            )
-            .order_by(col(InboxRow.id))
-            .limit(limit)
+    q = (
+        select(InboxRow.id)
+        .where(
+            InboxRow.state == InboxState.QUEUED.value,
+            or_(col(InboxRow.claimed_until).is_(None), col(InboxRow.claimed_until) < now),
         )
-        if not db.is_sqlite:
-            q = q.with_for_update(skip_locked=True)
-        ids = [i for i in s.exec(q).all() if i is not None]
+        .order_by(col(InboxRow.id))
+        .limit(limit)
+    )
+    if db.is_sqlite:
+        with db.read() as s:
+            return [i for i in s.exec(q).all() if i is not None]
+    with db.write() as s:
+        ids = [i for i in s.exec(q.with_for_update(skip_locked=True)).all() if i is not None]
         if ids:
             s.execute(
                 update(InboxRow).where(col(InboxRow.id).in_(ids)).values(claimed_until=now + LEASE)
