@@ -364,7 +364,71 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # --- parser -------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+Adder = Callable[[Any, str, Callable[[argparse.Namespace], int], str], Any]
+
+
+def _serve(sub: Any, add: Adder) -> None:
+    add(sub, "serve", cmd_serve, "run the daemon")
+
+
+def _check_config(sub: Any, add: Adder) -> None:
+    add(sub, "check-config", cmd_check_config, "validate the config file")
+
+
+def _db_commands(sub: Any, add: Adder) -> None:
+    db = sub.add_parser("db", help="database").add_subparsers(dest="db_command", required=True)
+    add(db, "upgrade", cmd_db_upgrade, "apply schema migrations")
+
+
+def _ingest(sub: Any, add: Adder) -> None:
+    ing = add(sub, "ingest", cmd_ingest, "store (and process) one message")
+    ing.add_argument("file", nargs="?", default="-", help="message file, or - for stdin")
+    ing.add_argument("--queue", action="store_true", help="only store; the daemon processes it")
+    ing.add_argument("--sender", help="envelope sender, as the MTA passes it")
+    ing.add_argument("--recipient", action="append", help="envelope recipient (repeatable)")
+
+
+def _tickets(sub: Any, add: Adder) -> None:
+    tk = sub.add_parser("tickets", help="tickets").add_subparsers(dest="sub", required=True)
+    tl = add(tk, "list", cmd_tickets_list, "list tickets")
+    tl.add_argument("--status")
+    tl.add_argument("--queue")
+    add(tk, "show", cmd_tickets_show, "show one ticket").add_argument("id", type=int)
+
+
+def _inbox(sub: Any, add: Adder) -> None:
+    ib = sub.add_parser("inbox", help="raw intake").add_subparsers(dest="sub", required=True)
+    add(ib, "list", cmd_inbox_list, "list inbox messages").add_argument(
+        "--failed", action="store_true")
+    add(ib, "retry", cmd_inbox_retry, "reprocess a message").add_argument("id", type=int)
+
+
+def _outbox(sub: Any, add: Adder) -> None:
+    ob = sub.add_parser("outbox", help="outgoing mail").add_subparsers(dest="sub", required=True)
+    add(ob, "list", cmd_outbox_list, "list outgoing messages").add_argument(
+        "--state", choices=["pending", "sent", "failed", "bounced"])
+    add(ob, "retry", cmd_outbox_retry, "send a failed message again").add_argument("id", type=int)
+
+
+def _explain(sub: Any, add: Adder) -> None:
+    add(sub, "explain", cmd_explain, "dry run for one message").add_argument("file")
+
+
+def _report(sub: Any, add: Adder) -> None:
+    add(sub, "report", cmd_report, "volumes, response and resolution times").add_argument(
+        "--since", help="ISO date or time, e.g. 2026-11-01")
+
+
+COMMANDS: dict[str, Callable[[Any, Adder], None]] = {
+    "serve": _serve, "check-config": _check_config, "db": _db_commands, "ingest": _ingest,
+    "tickets": _tickets, "inbox": _inbox, "outbox": _outbox, "explain": _explain,
+    "report": _report,
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with `only`, just that command's branch (argparse takes a few
+    milliseconds per subcommand, and an MTA pipe starts one process per message)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="config file (default: $MAILDESK_CONFIG)")
     common.add_argument("--json", action="store_true", help="print JSON")
@@ -376,36 +440,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    add(sub, "serve", cmd_serve, "run the daemon")
-    add(sub, "check-config", cmd_check_config, "validate the config file")
-    db = sub.add_parser("db", help="database").add_subparsers(dest="db_command", required=True)
-    add(db, "upgrade", cmd_db_upgrade, "apply schema migrations")
-    ing = add(sub, "ingest", cmd_ingest, "store (and process) one message")
-    ing.add_argument("file", nargs="?", default="-", help="message file, or - for stdin")
-    ing.add_argument("--queue", action="store_true", help="only store; the daemon processes it")
-    ing.add_argument("--sender", help="envelope sender, as the MTA passes it")
-    ing.add_argument("--recipient", action="append", help="envelope recipient (repeatable)")
-    tk = sub.add_parser("tickets", help="tickets").add_subparsers(dest="sub", required=True)
-    tl = add(tk, "list", cmd_tickets_list, "list tickets")
-    tl.add_argument("--status")
-    tl.add_argument("--queue")
-    add(tk, "show", cmd_tickets_show, "show one ticket").add_argument("id", type=int)
-    ib = sub.add_parser("inbox", help="raw intake").add_subparsers(dest="sub", required=True)
-    add(ib, "list", cmd_inbox_list, "list inbox messages").add_argument(
-        "--failed", action="store_true")
-    add(ib, "retry", cmd_inbox_retry, "reprocess a message").add_argument("id", type=int)
-    ob = sub.add_parser("outbox", help="outgoing mail").add_subparsers(dest="sub", required=True)
-    add(ob, "list", cmd_outbox_list, "list outgoing messages").add_argument(
-        "--state", choices=["pending", "sent", "failed", "bounced"])
-    add(ob, "retry", cmd_outbox_retry, "send a failed message again").add_argument("id", type=int)
-    add(sub, "explain", cmd_explain, "dry run for one message").add_argument("file")
-    add(sub, "report", cmd_report, "volumes, response and resolution times").add_argument(
-        "--since", help="ISO date or time, e.g. 2026-11-01")
+    for name, branch in COMMANDS.items():
+        if only is None or only not in COMMANDS or name == only:
+            branch(sub, add)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         code: int = args.func(args)
         return code
