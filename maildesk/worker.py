@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from maildesk import metrics
+from maildesk.background import BackgroundLoop
 from maildesk.domain import InboxState
 from maildesk.pipeline import Outcome, Pipeline
 from maildesk.store import Database, StoreUnavailable, inbox
@@ -22,12 +23,15 @@ from maildesk.store import Database, StoreUnavailable, inbox
 log = logging.getLogger(__name__)
 
 
-class Worker:
+class Worker(BackgroundLoop):
+    thread_name = "worker"
+
     def __init__(
         self, db: Database, pipeline: Pipeline, *, batch: int = 32, poll: float = 1.0,
         linger: float = 0.01, after_batch: Callable[[], None] | None = None,
         yield_to: Callable[[], bool] | None = None, max_defer: float = 0.25,
     ) -> None:
+        super().__init__()
         self.db = db
         self.pipeline = pipeline
         self.batch = batch
@@ -39,9 +43,6 @@ class Worker:
         # while `yield_to()` says intake is busy a batch waits, up to `max_defer` seconds.
         self.yield_to = yield_to or (lambda: False)
         self.max_defer = max_defer
-        self._event = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._committed: dict[int, float] = {}  # inbox id -> monotonic commit time (latency)
         self._lock = threading.Lock()
         self._held: list[int] = []  # claimed, not yet processed
@@ -53,7 +54,7 @@ class Worker:
             t = time.monotonic()
             with self._lock:
                 self._committed.update(dict.fromkeys(committed, t))
-        self._event.set()
+        super().wake()
 
     def set_pipeline(self, pipeline: Pipeline) -> None:
         """SIGHUP: the next batch runs with the new rules, agents and templates."""
@@ -103,24 +104,12 @@ class Worker:
         """The last batch was full: more messages are probably waiting to be processed."""
         return self._full
 
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def start(self) -> None:
         if self.db.is_sqlite:  # one daemon per SQLite file: any lease is a dead process's
             released = inbox.release_leases(self.db)
             if released:
                 log.info("took back %d messages leased by a previous run", released)
-        self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 30) -> None:
-        """Finish the batch in hand, then stop; queued messages stay queued (durable)."""
-        self._stop.set()
-        self._event.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        super().start()  # stop() finishes the batch in hand; queued messages stay queued
 
     def _run(self) -> None:
         while not self._stop.is_set():

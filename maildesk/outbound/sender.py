@@ -11,13 +11,13 @@ second delivery, and the Maildir transport closes even that one.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from maildesk import metrics
+from maildesk.background import BackgroundLoop
 from maildesk.outbound.transports import DeliveryError, Transport
 from maildesk.store import Database, StoreUnavailable, outbox
 from maildesk.store.inbox import utcnow
@@ -47,12 +47,15 @@ class DrainResult:
     failed: int = 0
 
 
-class Sender:
+class Sender(BackgroundLoop):
+    thread_name = "outbox-sender"
+
     def __init__(
         self, db: Database, transport_factory: Callable[[], Transport], *,
         max_retry: timedelta, batch: int = 50, poll: float = 5.0, linger: float = 0.05,
         yield_to: Callable[[], bool] | None = None, max_defer: float = 2.0,
     ) -> None:
+        super().__init__()
         self.db = db
         self.transport_factory = transport_factory
         self.max_retry = max_retry
@@ -64,16 +67,10 @@ class Sender:
         # sending waits too, up to `max_defer` seconds (acks still go out at low load).
         self.yield_to = yield_to or (lambda: False)
         self.max_defer = max_defer
-        self._event = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def configure(self, transport_factory: Callable[[], Transport], max_retry: timedelta) -> None:
         """SIGHUP: the next drain uses the new outbound settings."""
         self.transport_factory, self.max_retry = transport_factory, max_retry
-
-    def wake(self) -> None:
-        self._event.set()
 
     def drain(self, now: datetime | None = None) -> DrainResult:
         """Send everything due at `now`, batch by batch, until nothing is left."""
@@ -139,21 +136,6 @@ class Sender:
         return outbox.Result(item.id, outbox.SENT, note, now)
 
     # --- the thread --------------------------------------------------------------------
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="outbox-sender", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 30) -> None:
-        """Finish the message being sent, then stop (SIGTERM)."""
-        self._stop.set()
-        self._event.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         while not self._stop.is_set():
