@@ -35,7 +35,7 @@ from maildesk.identity import content_hash
 from maildesk.parse import parse_message
 from maildesk.rules import RuleContext
 from maildesk.rules import evaluate as evaluate_rules
-from maildesk.store import Database, inbox
+from maildesk.store import Database, StoreUnavailable, inbox
 from maildesk.store.inbox import utcnow
 from maildesk.store.tickets import SessionLookup
 from maildesk.thread import ThreadingPolicy
@@ -121,8 +121,8 @@ class Pipeline:
     def process_batch(self, inbox_ids: Sequence[int]) -> list[Outcome]:
         """Process claimed inbox messages in one write transaction.
 
-        A message that raises is rolled back alone (savepoint) and parked as
-        `failed`; StoreUnavailable propagates and leaves everything queued."""
+        A message that raises is parked as `failed` and the others are stored;
+        StoreUnavailable propagates and leaves everything queued."""
         parsed: dict[int, ParsedMail] = {}
         failures: dict[int, str] = {}
         with self.db.read() as s:
@@ -133,6 +133,25 @@ class Pipeline:
             except Exception as exc:  # parse_message should not raise; never trust it
                 failures[i] = f"parse: {type(exc).__name__}: {exc}"
         del raws
+        try:  # the common case: every message goes through, no savepoints needed
+            outcomes = self._store_batch(parsed, failures, isolate=False)
+        except StoreUnavailable:
+            raise
+        except Exception:  # one message raised and the batch rolled back: again, one by one
+            log.warning("a message of the batch failed; processing it message by message")
+            outcomes = self._store_batch(parsed, failures, isolate=True)
+        for i, reason in failures.items():
+            inbox.record_failure(self.db, i, reason)
+            outcomes[i] = Outcome(i, InboxState.FAILED, reason=reason)
+        return [outcomes.get(i) or self._current(i) for i in inbox_ids]
+
+    def _store_batch(
+        self, parsed: dict[int, ParsedMail], failures: dict[int, str], *, isolate: bool
+    ) -> dict[int, Outcome]:
+        """Everything after parsing, in one write transaction. With `isolate`, each message
+        runs in a savepoint, so one that raises is rolled back alone and noted in
+        `failures`; without it (two statements and some bookkeeping less per message), an
+        exception rolls back the whole batch."""
         outcomes: dict[int, Outcome] = {}
         with self.db.write() as s:
             self.db.lock_threading(s)
@@ -141,16 +160,16 @@ class Pipeline:
                 env = envelopes.get(i)
                 if env is None or env.state != InboxState.QUEUED.value:
                     continue
+                if not isolate:
+                    outcomes[i] = self._apply(s, env, mail, self.reactors)[0]
+                    continue
                 try:
                     with s.begin_nested():
                         outcomes[i] = self._apply(s, env, mail, self.reactors)[0]
                 except Exception as exc:
                     log.exception("inbox %s (%s): processing failed", i, mail.message_id)
                     failures[i] = f"{type(exc).__name__}: {exc}"
-        for i, reason in failures.items():
-            inbox.record_failure(self.db, i, reason)
-            outcomes[i] = Outcome(i, InboxState.FAILED, reason=reason)
-        return [outcomes.get(i) or self._current(i) for i in inbox_ids]
+        return outcomes
 
     def explain(self, raw: bytes) -> Explanation:
         """Run every step on `raw` and roll back: nothing is stored or sent."""

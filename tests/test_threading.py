@@ -9,6 +9,7 @@ import pytest
 
 from maildesk import addresses
 from maildesk.domain import EntryKind, InboxState, Status, ThreadRule
+from maildesk.pipeline import Change
 from maildesk.store import tickets as ticket_store
 from maildesk.store.tables import TicketRow
 from tests.helpers import SECRET, Desk, message, thread_index, write_config
@@ -282,3 +283,33 @@ def test_merged_ticket_is_followed_by_later_mail(desk: Desk) -> None:
     with desk.db.read() as s:
         gone = ticket_store.get_row(s, max(a.ticket_id or 0, c.ticket_id or 0))
     assert gone is not None and gone.id == survivor
+
+
+class ExplodingReactor:
+    """A reactor with a bug that only one message triggers."""
+
+    def react(self, session: object, change: Change) -> list[str]:
+        if change.mail.message_id == "boom@customer.example":
+            raise RuntimeError("template exploded")
+        return []
+
+
+def test_one_message_that_raises_fails_alone_and_the_batch_is_stored(desk: Desk) -> None:
+    from maildesk.domain import Source
+    from maildesk.identity import content_hash, header_message_id
+    from maildesk.pipeline import Pipeline
+    from maildesk.store import inbox
+
+    raws = [message(frm=f"u{n}@customer.example", subject=f"case {n}",
+                    msgid=f"<{'boom' if n == 1 else f'ok{n}'}@customer.example>")
+            for n in range(3)]
+    ids = [inbox.add(desk.db, inbox.new_row(r, source=Source.SMTP, message_id=header_message_id(r),
+                                            content_hash=content_hash(r))) for r in raws]
+    pipeline = Pipeline(desk.settings, desk.db, [ExplodingReactor()])
+    outcomes = pipeline.process_batch(ids)
+    assert [o.state for o in outcomes] == [
+        InboxState.PROCESSED, InboxState.FAILED, InboxState.PROCESSED]
+    assert "RuntimeError: template exploded" in (outcomes[1].reason or "")
+    assert len(desk.tickets()) == 2  # nothing of the failed message was stored
+    failed = inbox.get(desk.db, ids[1])
+    assert failed is not None and failed.state is InboxState.FAILED and failed.ticket_id is None
