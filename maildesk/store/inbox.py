@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import or_, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -77,15 +77,6 @@ def add_many(db: Database, rows: list[InboxRow]) -> list[int]:
         s.add_all(rows)
         s.flush()
         return [r.id for r in rows if r.id is not None]
-
-
-def seen_before(s: Session, message_id: str | None, content_hash: str) -> bool:
-    """Is a message with this identity already in the inbox (any state but failed)?"""
-    q = select(InboxRow.id).where(
-        InboxRow.content_hash == content_hash, col(InboxRow.state) != InboxState.FAILED.value
-    )
-    q = q.where(InboxRow.message_id == message_id) if message_id else q
-    return s.exec(q.limit(1)).first() is not None
 
 
 @dataclass(frozen=True)
@@ -185,12 +176,6 @@ def get(db: Database, inbox_id: int) -> InboxItem | None:
         return _item(row) if row else None
 
 
-def raw_of(db: Database, inbox_id: int) -> bytes | None:
-    with db.read() as s:
-        row = s.get(InboxRow, inbox_id)
-        return row.raw if row else None
-
-
 def mark(
     s: Session, inbox_id: int, state: InboxState, *, reason: str | None = None,
     ticket_id: int | None = None, entry_id: int | None = None, now: datetime | None = None,
@@ -239,9 +224,3 @@ def list_items(
         if state is not None:
             q = q.where(InboxRow.state == state.value)
         return [_item(r) for r in s.exec(q).all()]
-
-
-def count_by_state(db: Database) -> dict[str, int]:
-    with db.read() as s:
-        rows = s.exec(select(InboxRow.state, func.count()).group_by(InboxRow.state)).all()
-        return {state: n for state, n in rows}

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import insert, update
+from sqlalchemy import func, insert, update
 from sqlmodel import Session, col, select
 
 from maildesk.domain import (
@@ -273,8 +273,6 @@ def last_assignee(s: Session, queue: str) -> str | None:
 
 def open_counts(s: Session, agents: Sequence[str]) -> dict[str, int]:
     """How many unsolved tickets each agent holds (least open)."""
-    from sqlalchemy import func
-
     rows = s.exec(
         select(TicketRow.assignee, func.count())
         .where(
@@ -299,8 +297,6 @@ def report_rows(s: Session, since: datetime | None) -> list[TicketRow]:
 
 def count_by_status(db: Database) -> dict[str, int]:
     """Live tickets per status (merged-away ones excluded), for the metrics gauge."""
-    from sqlalchemy import func
-
     with db.read() as s:
         rows = s.exec(select(TicketRow.status, func.count())
                       .where(col(TicketRow.merged_into).is_(None))
