@@ -8,7 +8,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from maildesk.config.rules import Rule, SlaPolicy
 from maildesk.config.tables import (
@@ -54,6 +61,8 @@ class Settings(_Model):
     security: Security = Field(default_factory=Security)
     metrics: Metrics = Field(default_factory=Metrics)
     config_dir: Path = Field(default_factory=Path.cwd)  # not a TOML key
+    _agent_addresses: frozenset[str] = PrivateAttr(default=frozenset())
+    _desk_addresses: frozenset[str] = PrivateAttr(default=frozenset())
 
     @model_validator(mode="before")
     @classmethod
@@ -156,12 +165,18 @@ class Settings(_Model):
     def default_queue(self) -> str:
         return self.desk.default_queue
 
+    def model_post_init(self, context: Any, /) -> None:
+        # Frozen settings: the address sets every message and RCPT asks for, built once.
+        self._agent_addresses = frozenset(a.email for a in self.agents)
+        self._desk_addresses = frozenset(
+            [self.desk.address, *(q.address for q in self.queues if q.address)])
+
     def agent_addresses(self) -> frozenset[str]:
-        return frozenset(a.email for a in self.agents)
+        return self._agent_addresses
 
     def desk_addresses(self) -> frozenset[str]:
         """desk.address and every queue address, lowercased."""
-        return frozenset([self.desk.address, *(q.address for q in self.queues if q.address)])
+        return self._desk_addresses
 
     def is_desk_address(self, addr: str) -> bool:
         """True for a desk address or one of its "+" reply addresses (local+tag@domain)."""
