@@ -25,7 +25,6 @@ from maildesk.domain import (
     ThreadDecision,
 )
 from maildesk.store import tickets
-from maildesk.store.tables import TicketRow
 from maildesk.thread import own_keys, referenced_ids, subject_key
 
 
@@ -53,17 +52,16 @@ def store_message(
 ) -> Stored:
     kind = entry_kind(classification, sender)
     new_ticket = decision.ticket_id is None
+    lookup = lookup or tickets.SessionLookup(s)
     if new_ticket:
         ticket = _open_ticket(s, settings, mail, envelope_from, recipients, now)
     else:
-        row = (lookup or tickets.SessionLookup(s)).row(decision.ticket_id or 0)
+        row = lookup.row(decision.ticket_id or 0)
         if row is None:
             raise LookupError(f"ticket #{decision.ticket_id} vanished during processing")
         ticket = row
-    assert ticket.id is not None
-
     for other in decision.merge:
-        tickets.merge(s, ticket.id, other, now)
+        tickets.merge(s, lookup, ticket, other, now)
     for other in decision.link_to:
         tickets.link(s, ticket.id, other, decision.reason)
 
@@ -81,7 +79,7 @@ def store_message(
     if rules is not None:
         apply_rules(s, settings, ticket, rules)
     ticket.updated_at = now
-    s.add(ticket)
+    tickets.save(s, ticket)
 
     entry_id = tickets.add_entry(
         s, ticket_id=ticket.id, kind=kind, from_addr=mail.from_addr or envelope_from,
@@ -98,7 +96,7 @@ def store_message(
 def _open_ticket(
     s: Session, settings: Settings, mail: ParsedMail, envelope_from: str | None,
     recipients: Sequence[str], now: datetime,
-) -> TicketRow:
+) -> tickets.Ticket:
     requester = mail.from_addr or (envelope_from or "").lower() or "unknown"
     queue = next(
         (q for q in (settings.queue_for_address(r) for r in recipients) if q),
@@ -110,12 +108,11 @@ def _open_ticket(
         requester=requester, reply_to=mail.reply_to[0] if mail.reply_to else None,
         queue=queue, now=now,
     )
-    assert row.id is not None
     tickets.add_participants(s, row.id, [requester], role="requester", new=True)
     return row
 
 
-def _move_status(ticket: TicketRow, kind: EntryKind, now: datetime) -> None:
+def _move_status(ticket: tickets.Ticket, kind: EntryKind, now: datetime) -> None:
     status = Status(ticket.status)
     if kind is EntryKind.CUSTOMER and status in (Status.NEW, Status.PENDING, Status.SOLVED):
         ticket.status = Status.OPEN.value
@@ -133,7 +130,7 @@ def _people(settings: Settings, mail: ParsedMail, sender: Sender) -> list[str]:
     return [a for a in people if a not in skip and not is_desk_recipient(a, desks)]
 
 
-def apply_rules(s: Session, settings: Settings, ticket: TicketRow, rules: RuleOutcome) -> None:
+def apply_rules(s: Session, settings: Settings, ticket: tickets.Ticket, rules: RuleOutcome) -> None:
     """Field changes asked by rules; queue first, so an assignee strategy sees the new queue."""
     if rules.queue:
         ticket.queue = rules.queue

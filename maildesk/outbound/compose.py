@@ -29,7 +29,7 @@ from maildesk.outbound.render import (
     thread_index,
 )
 from maildesk.store import outbox
-from maildesk.store.tables import TicketRow
+from maildesk.store.tickets import Ticket
 from maildesk.thread import thread_index_key
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class Composer:
         self.settings = settings
         self.templates = templates
 
-    def queue(self, s: Session, ticket: TicketRow, draft: Draft, now: datetime) -> Queued:
+    def queue(self, s: Session, ticket: Ticket, draft: Draft, now: datetime) -> Queued:
         to, withheld = self._recipients(s, draft, now)
         what = f"{draft.template} for ticket #{ticket.id}"
         if not to:
@@ -97,7 +97,7 @@ class Composer:
             log.error("ticket #%s: %s: not sent", ticket.id, exc)
             return Queued(None, (), f"withheld {what}: {exc}")
         desk = self.settings.desk
-        assert ticket.id is not None and desk.message_id_domain is not None
+        assert desk.message_id_domain is not None
         message_id = new_message_id(desk.message_id_domain)
         index = thread_index(draft.thread.thread_index, now.timestamp())
         headers = Headers(
@@ -149,9 +149,8 @@ class Composer:
                     withheld.append(f"{addr} already got {cap} automatic replies this hour")
         return tuple(wanted), withheld
 
-    def _context(self, ticket: TicketRow, draft: Draft, to: Sequence[str]) -> dict[str, object]:
+    def _context(self, ticket: Ticket, draft: Draft, to: Sequence[str]) -> dict[str, object]:
         desk = self.settings.desk
-        assert ticket.id is not None
         base: dict[str, object] = {
             "desk": {"name": desk.name, "address": desk.address},
             "ticket": {

@@ -26,7 +26,7 @@ from maildesk.outbound.compose import (
 from maildesk.outbound.render import Templates
 from maildesk.pipeline import Change
 from maildesk.store import tickets
-from maildesk.store.tables import TicketRow
+from maildesk.store.tickets import Ticket
 
 log = logging.getLogger(__name__)
 ACK = "ack"
@@ -54,7 +54,7 @@ class OutboundReactor:
             log.info("inbox %s <%s>: %s", change.inbox_id, change.mail.message_id or "", line)
         return lines
 
-    def _answer(self, s: Session, ticket: TicketRow, change: Change) -> list[str]:
+    def _answer(self, s: Session, ticket: Ticket, change: Change) -> list[str]:
         """The ack on a new ticket, or the templates rules ask for instead of it."""
         names = list(change.rules.reply_templates) or ([ACK] if change.new_ticket else [])
         if not names:
@@ -70,7 +70,7 @@ class OutboundReactor:
             thread=Thread.answering(change.mail), context=context, entry_id=change.entry_id,
         )).note for name in names]
 
-    def _notify(self, s: Session, ticket: TicketRow, change: Change) -> list[str]:
+    def _notify(self, s: Session, ticket: Ticket, change: Change) -> list[str]:
         """Tell the assignee (else the queue's agents) and the rule's `notify` addresses."""
         agents = [ticket.assignee] if ticket.assignee else list(
             self.settings.queue_agents(ticket.queue))
@@ -84,7 +84,7 @@ class OutboundReactor:
             context={**context, "agent": {"email": addr, "name": names.get(addr, "")}},
         )).note for addr in targets]
 
-    def _queue(self, s: Session, ticket: TicketRow, change: Change, draft: Draft) -> Queued:
+    def _queue(self, s: Session, ticket: Ticket, change: Change, draft: Draft) -> Queued:
         return self.composer.queue(s, ticket, draft, change.now)
 
 

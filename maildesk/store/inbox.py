@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 
 from maildesk.domain import InboxState, Source
 from maildesk.store.db import Database
+from maildesk.store.raw import raw
 from maildesk.store.tables import InboxRow
 
 LEASE = timedelta(minutes=5)  # a worker that dies mid-message gives it back after this
@@ -71,12 +72,21 @@ def add(db: Database, row: InboxRow) -> int:
         return row.id
 
 
+_INSERT = (
+    "INSERT INTO inbox (received_at, source, origin, envelope_from, envelope_to, message_id,"
+    " content_hash, size, raw, state, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
+    " RETURNING id")
+
+
 def add_many(db: Database, rows: list[InboxRow]) -> list[int]:
-    """Commit several raw messages in one transaction (IMAP batches)."""
+    """Commit several raw messages in one transaction (SMTP group commit, IMAP batches).
+    Hand-written SQL (store.raw): intake runs this for every message."""
     with db.write() as s:
-        s.add_all(rows)
-        s.flush()
-        return [r.id for r in rows if r.id is not None]
+        r = raw(s)
+        return [r.insert(_INSERT, (
+            r.time(row.received_at), row.source, row.origin, row.envelope_from,
+            row.envelope_to, row.message_id, row.content_hash, row.size, row.raw,
+            row.state or InboxState.QUEUED.value)) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -118,17 +128,14 @@ def find_processed_twin(s: Session, env: Envelope) -> tuple[int, int | None] | N
     """(inbox id, ticket id) of an earlier message with the same identity that was
     already processed or ignored. Identity is (Message-ID, content hash); without a
     Message-ID, the hash alone."""
-    q = select(InboxRow.id, InboxRow.ticket_id).where(
-        InboxRow.content_hash == env.content_hash,
-        col(InboxRow.id) != env.id,
-        col(InboxRow.state).in_([InboxState.PROCESSED.value, InboxState.IGNORED.value]),
-    )
+    same_id = "message_id = ?" if env.message_id else "message_id IS NULL"
+    params = [env.content_hash, env.id, InboxState.PROCESSED.value, InboxState.IGNORED.value]
     if env.message_id:
-        q = q.where(InboxRow.message_id == env.message_id)
-    else:
-        q = q.where(col(InboxRow.message_id).is_(None))
-    found = s.connection().execute(q.order_by(col(InboxRow.id)).limit(1)).first()
-    return (found[0], found[1]) if found and found[0] is not None else None
+        params.append(env.message_id)
+    found = raw(s).one(
+        f"SELECT id, ticket_id FROM inbox WHERE content_hash = ? AND id != ?"
+        f" AND state IN (?, ?) AND {same_id} ORDER BY id LIMIT 1", params)
+    return (found[0], found[1]) if found else None
 
 
 def claim(db: Database, *, limit: int, now: datetime | None = None) -> list[int]:
@@ -180,10 +187,10 @@ def mark(
     s: Session, inbox_id: int, state: InboxState, *, reason: str | None = None,
     ticket_id: int | None = None, entry_id: int | None = None, now: datetime | None = None,
 ) -> None:
-    s.connection().execute(update(InboxRow).where(col(InboxRow.id) == inbox_id).values(
-        state=state.value, reason=reason, ticket_id=ticket_id, entry_id=entry_id,
-        processed_at=now or utcnow(), claimed_until=None,
-    ))
+    r = raw(s)
+    r.run("UPDATE inbox SET state = ?, reason = ?, ticket_id = ?, entry_id = ?,"
+          " processed_at = ?, claimed_until = NULL WHERE id = ?",
+          (state.value, reason, ticket_id, entry_id, r.time(now or utcnow()), inbox_id))
 
 
 def record_failure(db: Database, inbox_id: int, reason: str) -> None:

@@ -13,12 +13,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, insert, or_, update
+from sqlalchemy import func, or_, update
 from sqlmodel import Session, col, select
 
 from maildesk.store.db import Database
 from maildesk.store.inbox import utcnow
-from maildesk.store.tables import AutoReplyRow, MessageRefRow, OutboxRow, SuppressionRow
+from maildesk.store.raw import placeholders
+from maildesk.store.raw import raw as _raw
+from maildesk.store.tables import OutboxRow, SuppressionRow
 
 PENDING, SENT, FAILED, BOUNCED = "pending", "sent", "failed", "bounced"
 LEASE = timedelta(minutes=5)  # longer than any transport timeout: a live sender keeps its rows
@@ -76,35 +78,34 @@ def reserve(
 
     The ticket learns the message's own ids (its Message-ID, and a Thread-Index root we
     started), so replies that only reference our mail thread onto it. Both are new: plain
-    inserts, no lookup. Core statements, not the unit of work: this runs for every
-    outgoing message inside the processing transaction."""
-    conn = s.connection()
+    inserts, no lookup. This runs for every outgoing message inside the processing
+    transaction: hand-written SQL (store.raw)."""
+    r = _raw(s)
     recipients = list(recipients)
-    outbox_id: int | None = conn.execute(insert(OutboxRow).values(
-        ticket_id=ticket_id, entry_id=entry_id, template=template, automatic=automatic,
-        recipients=",".join(recipients), envelope_from="", message_id=message_id, raw=raw,
-        created_at=now, state=PENDING, attempts=0, next_attempt_at=now,
-    ).returning(col(OutboxRow.id))).scalar_one()
-    assert outbox_id is not None
-    conn.execute(update(OutboxRow).where(col(OutboxRow.id) == outbox_id).values(
-        envelope_from=envelope_from(outbox_id)))
-    refs = [{"key": message_id, "ticket_id": ticket_id, "kind": "own"}]
+    at = r.time(now)
+    outbox_id = r.insert(
+        "INSERT INTO outbox (ticket_id, entry_id, template, automatic, recipients,"
+        " envelope_from, message_id, raw, created_at, state, attempts, next_attempt_at)"
+        " VALUES (?, ?, ?, ?, ?, '', ?, ?, ?, ?, 0, ?) RETURNING id",
+        (ticket_id, entry_id, template, automatic, ",".join(recipients), message_id, raw, at,
+         PENDING, at))
+    r.run("UPDATE outbox SET envelope_from = ? WHERE id = ?", (envelope_from(outbox_id), outbox_id))
+    refs = [(message_id, ticket_id, "own")]
     if thread_index_root:
-        refs.append({"key": thread_index_root, "ticket_id": ticket_id, "kind": "thread_index"})
-    conn.execute(insert(MessageRefRow), refs)
-    if automatic and recipients:
-        conn.execute(insert(AutoReplyRow),
-                     [{"address": a.lower(), "created_at": now} for a in recipients])
-    return int(outbox_id)
+        refs.append((thread_index_root, ticket_id, "thread_index"))
+    r.many("INSERT INTO message_ref (key, ticket_id, kind) VALUES (?, ?, ?)", refs)
+    if automatic:
+        r.many("INSERT INTO auto_reply (address, created_at) VALUES (?, ?)",
+               [(a.lower(), at) for a in recipients])
+    return outbox_id
 
 
 def auto_replies_since(s: Session, address: str, since: datetime) -> int:
     """How many automatic messages went (or are going) to `address` since `since`."""
-    count = s.connection().execute(
-        select(func.count()).select_from(AutoReplyRow).where(
-            AutoReplyRow.address == address.lower(), col(AutoReplyRow.created_at) >= since)
-    ).scalar_one()
-    return int(count)
+    r = _raw(s)
+    found = r.one("SELECT count(*) FROM auto_reply WHERE address = ? AND created_at >= ?",
+                  (address.lower(), r.time(since)))
+    return int(found[0]) if found else 0
 
 
 def by_id(s: Session, outbox_id: int) -> OutboxRow | None:
@@ -126,9 +127,9 @@ def suppressed(s: Session, addresses: Iterable[str]) -> set[str]:
     wanted = list(dict.fromkeys(a.lower() for a in addresses))
     if not wanted:
         return set()
-    found = s.connection().execute(
-        select(SuppressionRow.address).where(col(SuppressionRow.address).in_(wanted)))
-    return set(found.scalars())
+    found = _raw(s).rows(
+        f"SELECT address FROM suppression WHERE address IN ({placeholders(len(wanted))})", wanted)
+    return {a for (a,) in found}
 
 
 def suppress(s: Session, address: str, reason: str, now: datetime) -> bool:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, insert, update
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from maildesk.domain import (
@@ -18,11 +20,10 @@ from maildesk.domain import (
     TicketView,
 )
 from maildesk.store.db import Database
+from maildesk.store.raw import Raw, Row, placeholders, raw
 from maildesk.store.tables import (
     AttachmentRow,
     EntryRow,
-    MessageRefRow,
-    OutboxRow,
     ParticipantRow,
     TicketLinkRow,
     TicketRow,
@@ -32,16 +33,75 @@ from maildesk.thread import TicketFacts
 MAX_MERGE_HOPS = 20
 
 
+@dataclass
+class Ticket:
+    """A ticket row as the processing transaction reads and changes it (see store.raw);
+    the CLI and reports use TicketRow through the ORM."""
+
+    id: int
+    subject: str
+    subject_key: str
+    status: str
+    priority: str
+    queue: str
+    assignee: str | None
+    requester: str
+    reply_to: str | None
+    tags: str
+    created_at: datetime
+    updated_at: datetime
+    last_activity_at: datetime
+    last_customer_at: datetime | None
+    first_response_at: datetime | None
+    agent_touched: bool
+    merged_into: int | None
+    solved_at: datetime | None
+    closed_at: datetime | None
+    first_response_due: datetime | None
+    next_response_due: datetime | None
+    resolution_due: datetime | None
+
+
+_COLUMNS = [f.name for f in fields(Ticket)]
+_TIMES = {f.name for f in fields(Ticket) if "datetime" in str(f.type)}
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM ticket"
+_UPDATE = f"UPDATE ticket SET {', '.join(f'{c} = ?' for c in _COLUMNS[1:])} WHERE id = ?"
+
+
+def _ticket(r: Raw, row: Row) -> Ticket:
+    values: dict[str, Any] = {c: r.read_time(v) if c in _TIMES else v
+                              for c, v in zip(_COLUMNS, row, strict=True)}
+    values["agent_touched"] = bool(values["agent_touched"])
+    return Ticket(**values)
+
+
+def load(s: Session, ticket_id: int) -> Ticket | None:
+    """One ticket as stored (merges not followed)."""
+    r = raw(s)
+    row = r.one(f"{_SELECT} WHERE id = ?", (ticket_id,))
+    return _ticket(r, row) if row else None
+
+
+def save(s: Session, t: Ticket) -> None:
+    r = raw(s)
+    values = [r.time(v) if c in _TIMES else v
+              for c, v in ((c, getattr(t, c)) for c in _COLUMNS[1:])]
+    r.run(_UPDATE, (*values, t.id))
+
+
 class SessionLookup:
     """thread.ThreadLookup over one database session (inside the processing transaction)."""
 
     def __init__(self, session: Session) -> None:
         self.s = session
-        # The session's identity map holds rows weakly: keep what threading loaded,
-        # so storing the message does not load the same ticket again.
-        self.loaded: dict[int, TicketRow] = {}
+        # What threading loaded, so storing the message changes the same objects.
+        self.loaded: dict[int, Ticket] = {}
 
-    def _resolve(self, ticket_id: int) -> TicketRow | None:
+    @property
+    def r(self) -> Raw:
+        return raw(self.s)
+
+    def _resolve(self, ticket_id: int) -> Ticket | None:
         row = self._get(ticket_id)
         hops = 0
         while row is not None and row.merged_into is not None and hops < MAX_MERGE_HOPS:
@@ -49,18 +109,17 @@ class SessionLookup:
             hops += 1
         return row
 
-    def _get(self, ticket_id: int) -> TicketRow | None:
-        row = self.loaded.get(ticket_id) or self.s.get(TicketRow, ticket_id)
+    def _get(self, ticket_id: int) -> Ticket | None:
+        row = self.loaded.get(ticket_id) or load(self.s, ticket_id)
         if row is not None:
             self.loaded[ticket_id] = row
         return row
 
-    def row(self, ticket_id: int) -> TicketRow | None:
-        """The ticket (merges followed) as a row to change."""
+    def row(self, ticket_id: int) -> Ticket | None:
+        """The ticket (merges followed) as a record to change."""
         return self._resolve(ticket_id)
 
-    def _facts(self, row: TicketRow) -> TicketFacts:
-        assert row.id is not None
+    def _facts(self, row: Ticket) -> TicketFacts:
         return TicketFacts(id=row.id, status=Status(row.status), created_at=row.created_at,
                            agent_touched=row.agent_touched)
 
@@ -69,61 +128,63 @@ class SessionLookup:
         return self._facts(row) if row else None
 
     def is_participant(self, ticket_id: int, address: str) -> bool:
-        return self.s.exec(
-            select(ParticipantRow.id).where(
-                ParticipantRow.ticket_id == ticket_id, ParticipantRow.address == address
-            ).limit(1)
-        ).first() is not None
+        return self.r.one("SELECT 1 FROM participant WHERE ticket_id = ? AND address = ? LIMIT 1",
+                          (ticket_id, address)) is not None
 
     def tickets_by_keys(self, keys: Sequence[str]) -> list[TicketFacts]:
-        ids = self.s.connection().execute(
-            select(MessageRefRow.ticket_id).where(col(MessageRefRow.key).in_(list(keys))).distinct()
-        ).scalars().all()
+        keys = list(keys)
+        if not keys:
+            return []
+        ids = self.r.rows(f"SELECT DISTINCT ticket_id FROM message_ref "
+                          f"WHERE key IN ({placeholders(len(keys))})", keys)
         found: dict[int, TicketFacts] = {}
-        for i in ids:
+        for (i,) in ids:
             row = self._resolve(i)
-            if row is not None and row.id is not None:
+            if row is not None:
                 found.setdefault(row.id, self._facts(row))
         return list(found.values())
 
     def ticket_by_subject(
         self, sender: str, subject_key: str, since: datetime
     ) -> TicketFacts | None:
-        row = self.s.exec(
-            select(TicketRow)
-            .join(ParticipantRow, col(ParticipantRow.ticket_id) == col(TicketRow.id))
-            .where(
-                TicketRow.subject_key == subject_key,
-                ParticipantRow.address == sender,
-                col(TicketRow.status) != Status.CLOSED.value,
-                col(TicketRow.merged_into).is_(None),
-                col(TicketRow.last_activity_at) >= since,
-            )
-            .order_by(col(TicketRow.last_activity_at).desc())
-            .limit(1)
-        ).first()
+        found = self.r.one(
+            "SELECT t.id FROM ticket t JOIN participant p ON p.ticket_id = t.id"
+            " WHERE t.subject_key = ? AND p.address = ? AND t.status != ?"
+            " AND t.merged_into IS NULL AND t.last_activity_at >= ?"
+            " ORDER BY t.last_activity_at DESC LIMIT 1",
+            (subject_key, sender, Status.CLOSED.value, self.r.time(since)))
+        row = self._get(found[0]) if found else None
         return self._facts(row) if row else None
 
     def ticket_of_outbox(self, outbox_id: int) -> int | None:
-        row = self.s.get(OutboxRow, outbox_id)
-        return row.ticket_id if row else None
+        found = self.r.one("SELECT ticket_id FROM outbox WHERE id = ?", (outbox_id,))
+        return found[0] if found else None
 
 
-def get_row(s: Session, ticket_id: int) -> TicketRow | None:
+def get_row(s: Session, ticket_id: int) -> Ticket | None:
+    """The ticket, merges followed."""
     return SessionLookup(s)._resolve(ticket_id)
 
 
 def create(
     s: Session, *, subject: str, subject_key: str, requester: str, reply_to: str | None,
     queue: str, now: datetime,
-) -> TicketRow:
-    row = TicketRow(
-        subject=subject, subject_key=subject_key, requester=requester, reply_to=reply_to,
-        queue=queue, created_at=now, updated_at=now, last_activity_at=now,
+) -> Ticket:
+    r = raw(s)
+    t = Ticket(
+        id=0, subject=subject, subject_key=subject_key, status=Status.NEW.value,
+        priority=Priority.NORMAL.value, queue=queue, assignee=None, requester=requester,
+        reply_to=reply_to, tags="", created_at=now, updated_at=now, last_activity_at=now,
+        last_customer_at=None, first_response_at=None, agent_touched=False, merged_into=None,
+        solved_at=None, closed_at=None, first_response_due=None, next_response_due=None,
+        resolution_due=None,
     )
-    s.add(row)
-    s.flush()
-    return row
+    columns = _COLUMNS[1:]
+    t.id = r.insert(
+        f"INSERT INTO ticket ({', '.join(columns)}) VALUES ({placeholders(len(columns))})"
+        " RETURNING id",
+        [r.time(v) if c in _TIMES else v for c, v in ((c, getattr(t, c)) for c in columns)])
+    return t
 
 
 def add_participants(
@@ -133,12 +194,12 @@ def add_participants(
     wanted = [a for a in dict.fromkeys(addrs) if a]
     if not wanted:
         return
-    existing = set() if new else set(s.connection().execute(select(ParticipantRow.address).where(
-        ParticipantRow.ticket_id == ticket_id, col(ParticipantRow.address).in_(wanted))).scalars())
-    rows = [{"ticket_id": ticket_id, "address": a, "role": role}
-            for a in wanted if a not in existing]
-    if rows:
-        s.connection().execute(insert(ParticipantRow), rows)
+    r = raw(s)
+    existing = set() if new else {a for (a,) in r.rows(
+        f"SELECT address FROM participant WHERE ticket_id = ? "
+        f"AND address IN ({placeholders(len(wanted))})", (ticket_id, *wanted))}
+    r.many("INSERT INTO participant (ticket_id, address, role) VALUES (?, ?, ?)",
+           [(ticket_id, a, role) for a in wanted if a not in existing])
 
 
 def add_refs(
@@ -148,12 +209,12 @@ def add_refs(
     wanted = {k[:998]: kind for k, kind in keys}
     if not wanted:
         return
-    known = set() if new else set(s.connection().execute(select(MessageRefRow.key).where(
-        MessageRefRow.ticket_id == ticket_id, col(MessageRefRow.key).in_(list(wanted)))).scalars())
-    rows = [{"key": k, "ticket_id": ticket_id, "kind": kind}
-            for k, kind in wanted.items() if k not in known]
-    if rows:
-        s.connection().execute(insert(MessageRefRow), rows)
+    r = raw(s)
+    known = set() if new else {k for (k,) in r.rows(
+        f"SELECT key FROM message_ref WHERE ticket_id = ? "
+        f"AND key IN ({placeholders(len(wanted))})", (ticket_id, *wanted))}
+    r.many("INSERT INTO message_ref (key, ticket_id, kind) VALUES (?, ?, ?)",
+           [(k, ticket_id, kind) for k, kind in wanted.items() if k not in known])
 
 
 def add_entry(
@@ -163,60 +224,57 @@ def add_entry(
     attachments: Sequence[Attachment] = (),
 ) -> int:
     """Insert an entry and its attachments; returns the entry id."""
-    entry_id: int | None = s.connection().execute(insert(EntryRow).values(
-        ticket_id=ticket_id, inbox_id=inbox_id, kind=kind.value, from_addr=from_addr,
-        subject=subject, body=body, created_at=now, message_id=message_id, verified=verified,
-        thread_rule=thread_rule, thread_reason=thread_reason,
-    ).returning(col(EntryRow.id))).scalar_one()
-    assert entry_id is not None
-    if attachments:
-        s.connection().execute(insert(AttachmentRow), [{
-            "entry_id": entry_id, "filename": a.filename, "content_type": a.content_type,
-            "size": a.size, "sha256": hashlib.sha256(a.data).hexdigest(), "data": a.data,
-        } for a in attachments])
+    r = raw(s)
+    entry_id = r.insert(
+        "INSERT INTO entry (ticket_id, inbox_id, kind, from_addr, subject, body, created_at,"
+        " message_id, verified, thread_rule, thread_reason)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        (ticket_id, inbox_id, kind.value, from_addr, subject, body, r.time(now), message_id,
+         verified, thread_rule, thread_reason))
+    r.many("INSERT INTO attachment (entry_id, filename, content_type, size, sha256, data)"
+           " VALUES (?, ?, ?, ?, ?, ?)",
+           [(entry_id, a.filename, a.content_type, a.size, hashlib.sha256(a.data).hexdigest(),
+             a.data) for a in attachments])
     return entry_id
 
 
 def link(s: Session, a: int, b: int, reason: str) -> None:
+    r = raw(s)
     for x, y in ((a, b), (b, a)):
-        exists = s.exec(
-            select(TicketLinkRow.id)
-            .where(TicketLinkRow.ticket_id == x, TicketLinkRow.other_id == y)
-        ).first()
-        if exists is None:
-            s.add(TicketLinkRow(ticket_id=x, other_id=y, reason=reason))
+        if r.one("SELECT 1 FROM ticket_link WHERE ticket_id = ? AND other_id = ?",
+                 (x, y)) is None:
+            r.run("INSERT INTO ticket_link (ticket_id, other_id, reason) VALUES (?, ?, ?)",
+                  (x, y, reason))
 
 
-def merge(s: Session, into: int, other: int, now: datetime) -> None:
-    """Move everything of `other` onto `into`; `other` stays as a closed pointer."""
-    if into == other:
+def merge(s: Session, lookup: SessionLookup, into: Ticket, other: int, now: datetime) -> None:
+    """Move everything of `other` onto `into`; `other` stays as a closed pointer.
+
+    `into` is the caller's record, saved by the caller; `other` is saved here."""
+    row = lookup.row(other)
+    if row is None or row.id == into.id:
         return
-    for table in (EntryRow, OutboxRow):
-        s.execute(update(table).where(col(table.ticket_id) == other).values(ticket_id=into))
-    keys = s.exec(select(MessageRefRow.key, MessageRefRow.kind).where(
-        MessageRefRow.ticket_id == other)).all()
-    add_refs(s, into, [(k, kind) for k, kind in keys])
-    people = s.exec(select(ParticipantRow.address).where(ParticipantRow.ticket_id == other)).all()
-    add_participants(s, into, people)
-    row = s.get(TicketRow, other)
-    target = s.get(TicketRow, into)
-    if row is None or target is None:
-        return
-    row.merged_into = into
+    r = raw(s)
+    for table in ("entry", "outbox"):
+        r.run(f"UPDATE {table} SET ticket_id = ? WHERE ticket_id = ?", (into.id, row.id))
+    keys = r.rows("SELECT key, kind FROM message_ref WHERE ticket_id = ?", (row.id,))
+    add_refs(s, into.id, [(k, kind) for k, kind in keys])
+    people = r.rows("SELECT address FROM participant WHERE ticket_id = ?", (row.id,))
+    add_participants(s, into.id, [a for (a,) in people])
+    row.merged_into = into.id
     row.status = Status.CLOSED.value
     row.closed_at = now
     row.updated_at = now
-    if row.created_at < target.created_at:
-        target.created_at = row.created_at
-    target.last_activity_at = max(target.last_activity_at, row.last_activity_at)
-    target.updated_at = now
-    s.add_all([row, target])
+    save(s, row)
+    into.created_at = min(into.created_at, row.created_at)
+    into.last_activity_at = max(into.last_activity_at, row.last_activity_at)
+    into.updated_at = now
 
 
 # --- reading, for the CLI and the outbound side -------------------------------------------
 
 
-def view(s: Session, row: TicketRow) -> TicketView:
+def view(s: Session, row: TicketRow | Ticket) -> TicketView:
     assert row.id is not None
     cc = s.exec(select(ParticipantRow.address).where(
         ParticipantRow.ticket_id == row.id, ParticipantRow.role == "cc")).all()
