@@ -7,9 +7,13 @@ Without it these tests fail: a missing corpus must never pass silently.
 from __future__ import annotations
 
 import os
+import re
 import time
 from datetime import datetime
 from pathlib import Path
+from re import _constants as sre  # type: ignore[attr-defined]
+from re._parser import parse as sre_parse  # type: ignore[import-not-found]
+from typing import Any
 
 import pytest
 
@@ -358,3 +362,52 @@ def test_sentence_starting_with_thanks_is_not_cut_as_a_signature() -> None:
     assert "error 42" in mail.display_body
     signed = parse_message(b"From: c@x.example\nSubject: s\n\nIt works.\n\nThanks,\nCarol\n")
     assert signed.display_body == "It works."
+
+
+def _starts_on_a_line(items: Any) -> bool:
+    """Can a match of these parsed regex items begin only at a line start or a newline?"""
+    if not len(items):
+        return False
+    op, arg = items[0]
+    if op is sre.AT:
+        return arg in (sre.AT_BEGINNING, sre.AT_BEGINNING_LINE, sre.AT_BEGINNING_STRING)
+    if op is sre.LITERAL:
+        return bool(arg == ord("\n"))
+    if op is sre.SUBPATTERN:
+        return _starts_on_a_line(arg[-1])
+    if op is sre.BRANCH:
+        return all(_starts_on_a_line(branch) for branch in arg[1])
+    if op in (sre.MAX_REPEAT, sre.MIN_REPEAT):  # (min, max, items): starts as its items
+        return bool(arg[0] >= 1) and _starts_on_a_line(arg[2])
+    return False
+
+
+def test_reply_header_regex_only_matches_on_a_line() -> None:
+    """parse._LineStartPattern is exact only while mail-parser-reply builds its header
+    regex from alternatives that start with "^" or "\\n": fail here if it ever changes."""
+    pattern = parse._REPLY_REGEXES["_header_regex"].pattern
+    assert _starts_on_a_line(sre_parse(pattern.pattern, pattern.flags))
+
+
+REPLY_TEXTS = [
+    "", "\n", "Hello\n", "no newline at all",
+    "Thanks!\n\nOn Mon, 3 Jun 2024 at 10:00, Bob <bob@example.com> wrote:\n> hi\n",
+    "Danke\n\nAm 03.06.2024 um 10:00 schrieb Bob <bob@example.com>:\n> hallo\n",
+    "Merci\n\nLe 3 juin 2024, Bob a écrit :\n> salut\n",
+    "ok\n\n-----Original Message-----\nFrom: Bob\nSent: Monday\nTo: desk\nSubject: x\n\nold",
+    "ok\n> From: Bob\n> Sent: Monday\n> To: desk\n\n\n\nFrom: a\nTo: b\nCc: c\n",
+    "*From:* Bob\n*Sent:* now\nagain\nFrom: x\r\nTo: y\r\n\r\n",
+    "Van: Bob\nVerzonden: maandag\nAan: desk\nOnderwerp: x\nOp 3 juni schreef Bob:\n",
+    "De: Bob\nEnviado: lunes\nPara: desk\nAsunto: x\nEl lunes, Bob escribió:\n",
+]
+
+
+def test_line_start_findall_is_re_findall(
+    corpus: dict[str, tuple[bytes, ParsedMail | BaseException]],
+) -> None:
+    pattern = parse._REPLY_REGEXES["_header_regex"]
+    texts = REPLY_TEXTS + [m.text[:parse._REPLY_SCAN_CHARS] for m in _mails(corpus).values()]
+    for text in texts:
+        assert pattern.findall(text) == pattern.pattern.findall(text), text[:200]
+    assert parse._findall_item(re.match(r"a", "a")) == "a"  # type: ignore[arg-type]
+    assert parse._findall_item(re.match(r"(a)(b)?", "a")) == ("a", "")  # type: ignore[arg-type]
