@@ -70,7 +70,7 @@ class Service:
         self.db: Database = open_database(settings)
         self.sender = Sender(self.db, lambda: make_transport(self.settings.outbound),
                              max_retry=settings.outbound.max_retry,
-                             yield_to=lambda: self.worker.backlogged)
+                             yield_to=lambda: self.worker.backlogged or self._intake_busy())
         self.smtp: SmtpIntake | None = None
         self.worker = Worker(self.db, build_pipeline(settings, self.db),
                              after_batch=self.sender.wake, yield_to=self._intake_busy)
@@ -161,7 +161,7 @@ class Service:
         log.info("SIGHUP: reloaded rules, agents, queues and templates from %s", self.config_path)
 
     def _intake_busy(self) -> bool:
-        return self.db.is_sqlite and self.smtp is not None and self.smtp.busy()
+        return self.smtp is not None and self.smtp.busy()
 
     def _healthy(self) -> bool:
         return self.worker.alive and self.sender.alive and not self._stopping.is_set()

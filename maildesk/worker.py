@@ -5,6 +5,14 @@ milliseconds, not on the next tick. The loop also polls every `poll` seconds, wh
 picks up messages queued by `maildesk ingest --queue`, by another node, or left queued
 by a crash (their lease runs out). Messages are claimed in batches and processed in one
 transaction each (`Pipeline.process_batch`): under load many messages share a commit.
+
+Intake goes first. The daemon is one process, so processing and SMTP share one CPU's
+worth of Python, and on SQLite a processing transaction makes SMTP commits wait. While
+intake says it is busy (a session in the middle of a mail transaction), a batch waits,
+but never lets the oldest message it knows of wait more than `max_defer` seconds; when
+that forces its hand it takes a large batch (`catch_up`), so processing keeps up under
+sustained load instead of being capped at one small batch per deferral. At low load
+nothing waits: a message is processed right after its commit.
 """
 
 from __future__ import annotations
@@ -27,20 +35,20 @@ class Worker(BackgroundLoop):
     thread_name = "worker"
 
     def __init__(
-        self, db: Database, pipeline: Pipeline, *, batch: int = 32, poll: float = 1.0,
-        linger: float = 0.01, after_batch: Callable[[], None] | None = None,
-        yield_to: Callable[[], bool] | None = None, max_defer: float = 0.25,
+        self, db: Database, pipeline: Pipeline, *, batch: int = 32, catch_up: int = 256,
+        poll: float = 1.0, linger: float = 0.01, after_batch: Callable[[], None] | None = None,
+        yield_to: Callable[[], bool] | None = None, max_defer: float = 1.0,
     ) -> None:
         super().__init__()
         self.db = db
         self.pipeline = pipeline
         self.batch = batch
+        self.catch_up = catch_up
         self.poll = poll
         self.linger = linger  # after a wake-up, let concurrent messages join the batch
         self._busy = False  # the last batch had company: messages are arriving together
         self.after_batch = after_batch or (lambda: None)
-        # Intake goes first: on SQLite a processing transaction makes SMTP commits wait, so
-        # while `yield_to()` says intake is busy a batch waits, up to `max_defer` seconds.
+        # Intake goes first (see the module docstring).
         self.yield_to = yield_to or (lambda: False)
         self.max_defer = max_defer
         self._committed: dict[int, float] = {}  # inbox id -> monotonic commit time (latency)
@@ -62,18 +70,16 @@ class Worker(BackgroundLoop):
 
     def run_once(self) -> list[Outcome]:
         """Claim one batch and process it; [] when nothing is queued."""
-        deadline = time.monotonic() + self.max_defer
-        while self.yield_to() and time.monotonic() < deadline and not self._stop.is_set():
-            time.sleep(0.001)
+        limit = self.batch if self._wait_for_intake() else self.catch_up
         # A batch whose transaction failed (database outage) is still leased to us:
         # take it up again first instead of letting it wait out the lease.
-        ids = self._held or inbox.claim(self.db, limit=self.batch)
+        ids = self._held or inbox.claim(self.db, limit=limit)
         if not ids:
             self._full = False
             return []
         self._held = ids
         self._busy = len(ids) > 1
-        self._full = len(ids) >= self.batch
+        self._full = len(ids) >= limit
         outcomes = self.pipeline.process_batch(ids)
         self._held = []
         done = time.monotonic()
@@ -88,6 +94,19 @@ class Worker(BackgroundLoop):
                 metrics.latency.observe(done - t0)
         self.after_batch()
         return outcomes
+
+    def _wait_for_intake(self) -> bool:
+        """Wait while intake is busy, until the oldest message we know of has waited
+        `max_defer` since its commit. True when intake is idle (a normal batch), False
+        when the wait ran out (a catch-up batch)."""
+        with self._lock:
+            oldest = min(self._committed.values(), default=time.monotonic())
+        deadline = oldest + self.max_defer
+        while self.yield_to():
+            if time.monotonic() >= deadline or self._stop.is_set():
+                return False
+            time.sleep(0.002)
+        return True
 
     def run_until_empty(self) -> int:
         """Process batches until none is left; returns how many messages were processed."""

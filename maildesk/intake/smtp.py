@@ -265,13 +265,14 @@ class SmtpIntake:
         return str(sock[0]), int(sock[1])
 
     def busy(self) -> bool:
-        """Is intake under load: a received message waiting for its commit, or several
-        sessions sending at once? The worker asks before each batch, from its own thread
-        (a copy of the set, and a retry-free answer if it changes meanwhile)."""
+        """Is a client in the middle of sending: a received message waiting for its commit,
+        or a session between MAIL FROM and the end of its DATA? The worker asks before
+        each batch, from its own thread (a copy of the set, and a retry-free answer if it
+        changes meanwhile)."""
         if self.handler.in_flight:
             return True
         try:
-            return sum(c.in_transaction for c in list(self.connections.live)) >= 2
+            return any(c.in_transaction for c in list(self.connections.live))
         except RuntimeError:  # the set changed while copied: a connection came or went
             return True
 

@@ -62,9 +62,10 @@ class Sender(BackgroundLoop):
         self.batch = batch
         self.poll = poll
         self.linger = linger  # after a wake-up, let more mail gather: fewer commits and fsyncs
-        # Processing goes first: in a burst, sending competes with it for the one core
-        # the GIL gives us, so while `yield_to()` says messages wait to become tickets,
-        # sending waits too, up to `max_defer` seconds (acks still go out at low load).
+        # Intake and processing go first: in a burst, sending competes with them for the
+        # one core the GIL gives us, so while `yield_to()` says clients are sending or
+        # messages wait to become tickets, sending waits too, up to `max_defer` seconds
+        # (acks still go out at once at low load).
         self.yield_to = yield_to or (lambda: False)
         self.max_defer = max_defer
 
