@@ -79,14 +79,19 @@ _INSERT = (
 
 
 def add_many(db: Database, rows: list[InboxRow]) -> list[int]:
-    """Commit several raw messages in one transaction (SMTP group commit, IMAP batches).
-    Hand-written SQL (store.raw): intake runs this for every message."""
+    """Commit several raw messages in one transaction (SMTP group commit)."""
     with db.write() as s:
-        r = raw(s)
-        return [r.insert(_INSERT, (
-            r.time(row.received_at), row.source, row.origin, row.envelope_from,
-            row.envelope_to, row.message_id, row.content_hash, row.size, row.raw,
-            row.state or InboxState.QUEUED.value)) for row in rows]
+        return insert_rows(s, rows)
+
+
+def insert_rows(s: Session, rows: Sequence[InboxRow]) -> list[int]:
+    """Insert raw messages in the session's transaction; their new ids, in order.
+    Hand-written SQL (store.raw): intake runs this for every message."""
+    r = raw(s)
+    return [r.insert(_INSERT, (
+        r.time(row.received_at), row.source, row.origin, row.envelope_from,
+        row.envelope_to, row.message_id, row.content_hash, row.size, row.raw,
+        row.state or InboxState.QUEUED.value)) for row in rows]
 
 
 @dataclass(frozen=True)

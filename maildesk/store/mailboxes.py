@@ -19,10 +19,12 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
+from maildesk.store import inbox
 from maildesk.store.db import Database, StoreUnavailable
 from maildesk.store.inbox import utcnow
+from maildesk.store.raw import placeholders, raw
 from maildesk.store.tables import InboxRow, MailboxStateRow, OutboxRow
 
 LOCK_CLASS = 0x494D4150  # "IMAP": first key of the two-int advisory lock per mailbox
@@ -90,13 +92,12 @@ def commit_batch(
             identity = (row.message_id, row.content_hash)
             fresh.append(None if identity in known else row)
             known.add(identity)
-        s.add_all([r for r in fresh if r is not None])
-        s.flush()
+        ids = iter(inbox.insert_rows(s, [r for r in fresh if r is not None]))
         if last_uid is not None and last_uid > expected.last_uid:
             state.last_uid = last_uid
         state.updated_at = now or utcnow()
         s.add(state)
-    return [r.id if r is not None else None for r in fresh]
+    return [next(ids) if r is not None else None for r in fresh]
 
 
 def _stored_identities(s: Session, rows: Sequence[InboxRow]) -> set[tuple[str | None, str]]:
@@ -104,10 +105,9 @@ def _stored_identities(s: Session, rows: Sequence[InboxRow]) -> set[tuple[str | 
     hashes = sorted({r.content_hash for r in rows})
     if not hashes:
         return set()
-    q = select(InboxRow.message_id, InboxRow.content_hash).where(
-        col(InboxRow.content_hash).in_(hashes)
-    )
-    return {(mid, h) for mid, h in s.exec(q).all()}
+    found = raw(s).rows(f"SELECT message_id, content_hash FROM inbox"
+                        f" WHERE content_hash IN ({placeholders(len(hashes))})", hashes)
+    return {(mid, h) for mid, h in found}
 
 
 # --- multi-node: one poller per mailbox (SPEC §5) ----------------------------------------
