@@ -37,6 +37,7 @@ from maildesk.rules import RuleContext
 from maildesk.rules import evaluate as evaluate_rules
 from maildesk.store import Database, StoreUnavailable, inbox
 from maildesk.store.inbox import utcnow
+from maildesk.store.raw import raw as session_raw
 from maildesk.store.tickets import SessionLookup
 from maildesk.thread import ThreadingPolicy
 from maildesk.thread import decide as decide_thread
@@ -180,9 +181,9 @@ class Pipeline:
         try:
             with self.db.write() as s:
                 self.db.lock_threading(s)
-                s.add(row)
-                s.flush()
-                outcome, trace = self._apply(s, inbox.envelope_of(row), mail, self.reactors)
+                (inbox_id,) = inbox.insert_rows(session_raw(s), [row])
+                outcome, trace = self._apply(s, inbox.envelope_of(inbox_id, row), mail,
+                                             self.reactors)
                 result.outcome = outcome
                 result.classification, result.sender, result.decision, result.actions = trace
                 raise _DryRun

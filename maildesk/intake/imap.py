@@ -45,7 +45,6 @@ from maildesk.intake.imap_session import ImapError, ImapSession, Selected
 from maildesk.store import Database, StoreUnavailable, inbox, mailboxes
 from maildesk.store.inbox import utcnow
 from maildesk.store.mailboxes import Checkpoint, CheckpointMoved, MailboxLock
-from maildesk.store.tables import InboxRow
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +343,7 @@ class MailboxPoller:
         session.mark_done(done)
         return Checkpoint(cp.uidvalidity, max(cp.last_uid, top)) if top else cp
 
-    def _row(self, uid: int, raw: bytes) -> InboxRow:
+    def _row(self, uid: int, raw: bytes) -> inbox.Incoming:
         m = self.mailbox
         return inbox.new_row(raw, source=Source.IMAP, message_id=header_message_id(raw),
                              content_hash=content_hash(raw), origin=f"{m.name}/{m.folder}/{uid}")

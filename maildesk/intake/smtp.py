@@ -25,7 +25,7 @@ from maildesk.config import Settings
 from maildesk.domain import Source
 from maildesk.identity import content_hash, header_message_id
 from maildesk.store import Database, StoreUnavailable, inbox
-from maildesk.store.tables import InboxRow
+from maildesk.store.inbox import Incoming
 
 log = logging.getLogger(__name__)
 MAX_GROUP = 64  # messages per group commit
@@ -36,11 +36,11 @@ class GroupCommitter:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._pending: list[tuple[InboxRow, asyncio.Future[int]]] = []
+        self._pending: list[tuple[Incoming, asyncio.Future[int]]] = []
         self._busy = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inbox-commit")
 
-    async def commit(self, row: InboxRow) -> int:
+    async def commit(self, row: Incoming) -> int:
         """The inbox id once committed; raises StoreUnavailable (or another DB error)."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((row, future))
@@ -66,7 +66,7 @@ class GroupCommitter:
         finally:
             self._busy = False
 
-    def _write(self, rows: list[InboxRow]) -> list[int | BaseException]:
+    def _write(self, rows: list[Incoming]) -> list[int | BaseException]:
         """One transaction for the group. If it fails for a reason other than the database
         being unavailable, each row is tried alone: one bad row never fails the others."""
         try:
@@ -79,15 +79,10 @@ class GroupCommitter:
         except Exception as exc:
             if len(rows) == 1:
                 return [exc]
-        return [result for row in rows for result in self._write([_fresh(row)])]
+        return [result for row in rows for result in self._write([row])]
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-
-
-def _fresh(row: InboxRow) -> InboxRow:
-    """A copy never seen by a session: the failed transaction left its marks on `row`."""
-    return InboxRow(**{k: getattr(row, k) for k in InboxRow.model_fields if k != "id"})
 
 
 class IntakeHandler:
@@ -135,7 +130,7 @@ class IntakeHandler:
         return f"250 2.0.0 OK: queued as {inbox_id}"
 
     @staticmethod
-    def _row(raw: bytes, session: Session, envelope: Envelope) -> InboxRow:
+    def _row(raw: bytes, session: Session, envelope: Envelope) -> Incoming:
         message_id = header_message_id(raw)
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
         sender = (envelope.mail_from or "").strip().lower()

@@ -21,6 +21,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, create_engine
 
+from maildesk.store.raw import Raw
+
 log = logging.getLogger(__name__)
 
 THREADING_LOCK_KEY = 0x6D61696C  # "mail": one advisory lock serialises threading on PostgreSQL
@@ -87,14 +89,17 @@ class Database:
             yield session
 
     @contextmanager
+    def write_raw(self) -> Iterator[Raw]:
+        """A write transaction without an ORM session, for intake's inserts (store.raw):
+        the session costs more than the insert of a message."""
+        with self._writer, _unavailable_on_error(), self.engine.begin() as conn:
+            yield Raw(conn)
+
+    @contextmanager
     def _transaction(self) -> Iterator[Session]:
-        try:
-            with Session(self.engine, expire_on_commit=False) as session, session.begin():
-                yield session
-        except (OperationalError, DBAPIError) as exc:
-            if isinstance(exc, DBAPIError) and not _is_transient(exc):
-                raise
-            raise StoreUnavailable(_one_line(exc)) from exc
+        with _unavailable_on_error(), Session(self.engine, expire_on_commit=False) as session, \
+                session.begin():
+            yield session
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -140,6 +145,17 @@ class Database:
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
+
+
+@contextmanager
+def _unavailable_on_error() -> Iterator[None]:
+    """Database-side failures that a retry can cure become StoreUnavailable."""
+    try:
+        yield
+    except (OperationalError, DBAPIError) as exc:
+        if isinstance(exc, DBAPIError) and not _is_transient(exc):
+            raise
+        raise StoreUnavailable(_one_line(exc)) from exc
 
 
 def _is_transient(exc: DBAPIError) -> bool:

@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 
 from maildesk.domain import InboxState, Source
 from maildesk.store.db import Database
-from maildesk.store.raw import raw
+from maildesk.store.raw import Raw, raw
 from maildesk.store.tables import InboxRow
 
 LEASE = timedelta(minutes=5)  # a worker that dies mid-message gives it back after this
@@ -51,25 +51,34 @@ def _item(row: InboxRow) -> InboxItem:
     )
 
 
+@dataclass(frozen=True)
+class Incoming:
+    """A raw message as intake received it, to be committed."""
+
+    raw: bytes
+    source: str
+    message_id: str | None
+    content_hash: str
+    received_at: datetime
+    envelope_from: str | None = None  # "" is the null sender <>
+    envelope_to: str = ""  # comma-separated RCPT TO addresses
+    origin: str | None = None
+
+
 def new_row(
     raw: bytes, *, source: Source, message_id: str | None, content_hash: str,
     envelope_from: str | None = None, envelope_to: tuple[str, ...] = (),
     origin: str | None = None, now: datetime | None = None,
-) -> InboxRow:
-    return InboxRow(
-        received_at=now or utcnow(), source=source.value, origin=origin,
-        envelope_from=envelope_from, envelope_to=",".join(envelope_to),
-        message_id=message_id, content_hash=content_hash, size=len(raw), raw=raw,
-    )
+) -> Incoming:
+    return Incoming(raw=raw, source=source.value, message_id=message_id,
+                    content_hash=content_hash, received_at=now or utcnow(),
+                    envelope_from=envelope_from, envelope_to=",".join(envelope_to),
+                    origin=origin)
 
 
-def add(db: Database, row: InboxRow) -> int:
+def add(db: Database, row: Incoming) -> int:
     """Commit one raw message; returns its inbox id. Raises StoreUnavailable."""
-    with db.write() as s:
-        s.add(row)
-        s.flush()
-        assert row.id is not None
-        return row.id
+    return add_many(db, [row])[0]
 
 
 _INSERT = (
@@ -78,20 +87,19 @@ _INSERT = (
     " RETURNING id")
 
 
-def add_many(db: Database, rows: list[InboxRow]) -> list[int]:
+def add_many(db: Database, rows: Sequence[Incoming]) -> list[int]:
     """Commit several raw messages in one transaction (SMTP group commit)."""
-    with db.write() as s:
-        return insert_rows(s, rows)
+    with db.write_raw() as r:
+        return insert_rows(r, rows)
 
 
-def insert_rows(s: Session, rows: Sequence[InboxRow]) -> list[int]:
-    """Insert raw messages in the session's transaction; their new ids, in order.
-    Hand-written SQL (store.raw): intake runs this for every message."""
-    r = raw(s)
+def insert_rows(r: Raw, rows: Sequence[Incoming]) -> list[int]:
+    """Insert raw messages in a transaction; their new ids, in order. Hand-written SQL
+    (store.raw): intake runs this for every message."""
     return [r.insert(_INSERT, (
         r.time(row.received_at), row.source, row.origin, row.envelope_from,
-        row.envelope_to, row.message_id, row.content_hash, row.size, row.raw,
-        row.state or InboxState.QUEUED.value)) for row in rows]
+        row.envelope_to, row.message_id, row.content_hash, len(row.raw), row.raw,
+        InboxState.QUEUED.value)) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -122,9 +130,8 @@ def load_envelopes(s: Session, ids: Sequence[int]) -> dict[int, Envelope]:
     }
 
 
-def envelope_of(row: InboxRow) -> Envelope:
-    assert row.id is not None
-    return Envelope(row.id, row.state, row.envelope_from,
+def envelope_of(inbox_id: int, row: Incoming) -> Envelope:
+    return Envelope(inbox_id, InboxState.QUEUED.value, row.envelope_from,
                     tuple(a for a in row.envelope_to.split(",") if a),
                     row.message_id, row.content_hash)
 

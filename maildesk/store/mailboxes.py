@@ -25,7 +25,7 @@ from maildesk.store import inbox
 from maildesk.store.db import Database, StoreUnavailable
 from maildesk.store.inbox import utcnow
 from maildesk.store.raw import placeholders, raw
-from maildesk.store.tables import InboxRow, MailboxStateRow, OutboxRow
+from maildesk.store.tables import MailboxStateRow, OutboxRow
 
 LOCK_CLASS = 0x494D4150  # "IMAP": first key of the two-int advisory lock per mailbox
 _U32 = 2**32
@@ -72,7 +72,7 @@ def reset_checkpoint(
 
 
 def commit_batch(
-    db: Database, mailbox: str, folder: str, expected: Checkpoint, rows: Sequence[InboxRow],
+    db: Database, mailbox: str, folder: str, expected: Checkpoint, rows: Sequence[inbox.Incoming],
     *, last_uid: int | None = None, now: datetime | None = None,
 ) -> list[int | None]:
     """Store fetched messages and advance the checkpoint, in one transaction.
@@ -87,12 +87,12 @@ def commit_batch(
         if state is None or _checkpoint(state) != expected:
             raise CheckpointMoved(f"{mailbox}/{folder}: checkpoint is no longer {expected}")
         known = _stored_identities(s, rows)
-        fresh: list[InboxRow | None] = []
+        fresh: list[inbox.Incoming | None] = []
         for row in rows:
             identity = (row.message_id, row.content_hash)
             fresh.append(None if identity in known else row)
             known.add(identity)
-        ids = iter(inbox.insert_rows(s, [r for r in fresh if r is not None]))
+        ids = iter(inbox.insert_rows(raw(s), [r for r in fresh if r is not None]))
         if last_uid is not None and last_uid > expected.last_uid:
             state.last_uid = last_uid
         state.updated_at = now or utcnow()
@@ -100,7 +100,7 @@ def commit_batch(
     return [next(ids) if r is not None else None for r in fresh]
 
 
-def _stored_identities(s: Session, rows: Sequence[InboxRow]) -> set[tuple[str | None, str]]:
+def _stored_identities(s: Session, rows: Sequence[inbox.Incoming]) -> set[tuple[str | None, str]]:
     """(message_id, content_hash) of stored messages sharing a hash with `rows`."""
     hashes = sorted({r.content_hash for r in rows})
     if not hashes:

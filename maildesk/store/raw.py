@@ -19,16 +19,17 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
 Row = tuple[Any, ...]
 
 
 class Raw:
-    """The driver's cursor of one session's connection."""
+    """The driver's cursor of one connection (a session's, or a bare write transaction's:
+    Database.write_raw)."""
 
-    def __init__(self, session: Session) -> None:
-        conn = session.connection()
+    def __init__(self, conn: Connection) -> None:
         self.sqlite = conn.dialect.name == "sqlite"
         dbapi = conn.connection.dbapi_connection
         assert dbapi is not None
@@ -85,10 +86,10 @@ def raw(session: Session) -> Raw:
 
     Asking the session for its connection each time is what emits a pending SAVEPOINT:
     `Session.begin_nested()` only starts it when the connection is next used."""
-    session.connection()
+    conn = session.connection()
     found = session.info.get("raw")
     if found is None:
-        found = session.info["raw"] = Raw(session)
+        found = session.info["raw"] = Raw(conn)
     assert isinstance(found, Raw)
     return found
 
