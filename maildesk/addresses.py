@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 
 TOKEN_LENGTH = 8
 BOUNCE_LOCAL = "bounces"
@@ -28,6 +29,7 @@ def _split(address: str) -> tuple[str, str]:
     return local, domain
 
 
+@lru_cache(maxsize=4096)  # an HMAC per call; asked several times for each outgoing mail
 def reply_address(desk_address: str, secret: str, ticket_id: int) -> str:
     local, domain = _split(desk_address)
     return f"{local}+{ticket_id}-{token(secret, 'ticket', ticket_id)}@{domain}"

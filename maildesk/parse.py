@@ -11,7 +11,6 @@ from __future__ import annotations
 import email
 import logging
 import re
-import textwrap
 from collections.abc import Iterator
 from datetime import datetime
 from email.message import Message
@@ -271,7 +270,7 @@ def _latest_reply(text: str) -> str | None:
     head = text[:_REPLY_SCAN_CHARS]
     if any(len(line) > _REPLY_LINE_CHARS for line in head.splitlines()):
         head = "\n".join(wrapped for line in head.splitlines()
-                         for wrapped in (textwrap.wrap(line, _REPLY_LINE_CHARS) or [""]))
+                         for wrapped in _wrap(line, _REPLY_LINE_CHARS))
     try:
         replies = _reply_message(head).read().replies
         first = replies[0]
@@ -283,6 +282,33 @@ def _latest_reply(text: str) -> str | None:
         body = first.content  # "Thanks, that fixed it. But ..." is a sentence, not a signature
     found = len(replies) > 1 or first.headers or first.signatures or first.disclaimers
     return body if found else None
+
+
+def _wrap(line: str, width: int) -> list[str]:
+    """`line` in pieces of at most `width` characters, broken at spaces where it can be,
+    inside a longer word where it cannot. textwrap.wrap does this with a regex over the
+    whole line that costs more than the rest of parsing on a line of a few KB."""
+    if len(line) <= width:
+        return [line]
+    pieces: list[str] = []
+    current = ""
+    for word in line.split(" "):
+        while len(word) > width:  # a word longer than a line: cut it
+            if current:
+                pieces.append(current)
+                current = ""
+            pieces.append(word[:width])
+            word = word[width:]
+        if not current:
+            current = word
+        elif len(current) + 1 + len(word) <= width:
+            current += " " + word
+        else:
+            pieces.append(current)
+            current = word
+    if current:
+        pieces.append(current)
+    return pieces
 
 
 def _reply_message(text: str) -> EmailMessage:

@@ -411,3 +411,17 @@ def test_line_start_findall_is_re_findall(
         assert pattern.findall(text) == pattern.pattern.findall(text), text[:200]
     assert parse._findall_item(re.match(r"a", "a")) == "a"  # type: ignore[arg-type]
     assert parse._findall_item(re.match(r"(a)(b)?", "a")) == ("a", "")  # type: ignore[arg-type]
+
+
+def test_long_lines_are_wrapped_for_the_reply_parser_without_losing_text() -> None:
+    from maildesk.parse import _wrap
+
+    line = "Details: " + "x" * 900 + " and then some words " * 30
+    pieces = _wrap(line, 400)
+    assert all(len(p) <= 400 for p in pieces)
+    assert "".join(pieces).replace(" ", "") == line.replace(" ", "")
+    assert _wrap("short line", 400) == ["short line"]
+    raw = ("From: carol@customer.example\nSubject: long\nContent-Type: text/plain\n\nHello,\n"
+           + line + "\n\nOn Mon, 2 Nov 2026, Bob <bob@example.com> wrote:\n> old\n")
+    mail = parse_message(raw.encode())
+    assert "x" * 400 in mail.display_body.replace("\n", "") and "old" not in mail.display_body

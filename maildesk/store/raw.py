@@ -34,6 +34,7 @@ class Raw:
         dbapi = conn.connection.dbapi_connection
         assert dbapi is not None
         self.cur = dbapi.cursor()
+        self._last_time: tuple[datetime | None, Any] = (None, None)
 
     def _sql(self, sql: str) -> str:
         return sql if self.sqlite else _pyformat(sql)
@@ -69,7 +70,11 @@ class Raw:
         """A timezone-aware datetime as a parameter."""
         if value is None or not self.sqlite:
             return value
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        last, text = self._last_time  # a message's statements all pass the same `now`
+        if value is not last:
+            text = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            self._last_time = (value, text)
+        return text
 
     def read_time(self, value: Any) -> datetime | None:
         """A stored time back as an aware UTC datetime."""
