@@ -425,3 +425,17 @@ def test_long_lines_are_wrapped_for_the_reply_parser_without_losing_text() -> No
            + line + "\n\nOn Mon, 2 Nov 2026, Bob <bob@example.com> wrote:\n> old\n")
     mail = parse_message(raw.encode())
     assert "x" * 400 in mail.display_body.replace("\n", "") and "old" not in mail.display_body
+
+
+def test_signature_regex_takes_the_rest_as_a_character_class_and_finds_the_same() -> None:
+    from mailparser_reply import EmailMessage as ReplyMessage
+
+    ours = parse._REPLY_REGEXES["_signature_regex"]
+    theirs = ReplyMessage(text="", languages=list(parse.REPLY_LANGUAGES),
+                          keep_hyphen_lists=True).SIGNATURE_REGEX
+    assert ours.pattern.endswith(r"[\s\S]*)"), "mail-parser-reply changed its signature regex"
+    for text in ("Hi\n\nit broke.\n\nKind regards,\nCarol\nACME Inc.\n", "Sent from my iPhone",
+                 "text\n\nGet Outlook for iOS<https://aka.ms/o0ukef>\n", "Thanks,\nBob\n\n",
+                 "no signature here at all\n", "--\nJohn\r\nline two"):
+        a, b = ours.search(text), theirs.search(text)
+        assert (a and a.group()) == (b and b.group()), text
