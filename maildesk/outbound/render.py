@@ -19,11 +19,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime, formataddr
+from functools import cache
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, TemplateError, select_autoescape
 
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]+")
+_TEMPLATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[A-Za-z0-9.-]+")
 MAX_SUBJECT = 250
 MAX_REFERENCES = 20  # keep the newest ids: long chains make headers clients truncate anyway
@@ -54,7 +56,12 @@ class Templates:
         )
 
     def exists(self, name: str) -> bool:
-        return (self.folder / f"{name}.txt").is_file()
+        return self._files(name)[0]
+
+    @cache  # noqa: B019 - one instance per folder and reload, never many
+    def _files(self, name: str) -> tuple[bool, bool]:
+        """Whether NAME.txt and NAME.html are there (looked up once per instance)."""
+        return (self.folder / f"{name}.txt").is_file(), (self.folder / f"{name}.html").is_file()
 
     def check(self, names: Sequence[str]) -> list[str]:
         """Problems with the named templates (missing, syntax errors), one line each."""
@@ -64,7 +71,7 @@ class Templates:
                 problems.append(f"template {name!r}: {self.folder / (name + '.txt')} is missing")
                 continue
             for suffix in (".txt", ".html"):
-                if suffix == ".html" and not (self.folder / f"{name}.html").is_file():
+                if suffix == ".html" and not self._files(name)[1]:
                     continue
                 try:
                     self.env.get_template(name + suffix)
@@ -73,12 +80,12 @@ class Templates:
         return problems
 
     def render(self, name: str, context: Mapping[str, object]) -> Rendered:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or not self.exists(name):
+        if not _TEMPLATE_NAME.fullmatch(name) or not self.exists(name):
             raise RenderError(f"no template {name!r} in {self.folder}")
         try:
             text = self.env.get_template(f"{name}.txt").render(context)
             html = None
-            if (self.folder / f"{name}.html").is_file():
+            if self._files(name)[1]:
                 html = self.env.get_template(f"{name}.html").render(context)
         except TemplateError as exc:
             raise RenderError(f"template {name!r}: {exc}") from exc
