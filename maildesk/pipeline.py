@@ -126,8 +126,7 @@ class Pipeline:
         StoreUnavailable propagates and leaves everything queued."""
         parsed: dict[int, ParsedMail] = {}
         failures: dict[int, str] = {}
-        with self.db.read() as s:
-            raws = inbox.load_raw(s, inbox_ids)
+        raws = inbox.load_raw(self.db, inbox_ids)
         for i, raw in raws.items():
             try:
                 parsed[i] = parse_message(raw)

@@ -102,6 +102,12 @@ class Database:
             yield session
 
     @contextmanager
+    def read_raw(self) -> Iterator[Raw]:
+        """Reads without an ORM session, for the worker's per-batch queries (store.raw)."""
+        with _unavailable_on_error(), self.read_engine.connect() as conn:
+            yield Raw(conn)
+
+    @contextmanager
     def read(self) -> Iterator[Session]:
         try:
             with Session(self.read_engine, expire_on_commit=False) as session:

@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import or_, update
-from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from maildesk.domain import InboxState, Source
 from maildesk.store.db import Database
-from maildesk.store.raw import Raw, raw
+from maildesk.store.raw import Raw, placeholders, raw
 from maildesk.store.tables import InboxRow
 
 LEASE = timedelta(minutes=5)  # a worker that dies mid-message gives it back after this
@@ -114,19 +113,23 @@ class Envelope:
     content_hash: str
 
 
-def load_raw(s: Session, ids: Sequence[int]) -> dict[int, bytes]:
-    rows = s.exec(select(InboxRow.id, InboxRow.raw).where(col(InboxRow.id).in_(list(ids)))).all()
-    return {i: raw for i, raw in rows if i is not None}
+def load_raw(db: Database, ids: Sequence[int]) -> dict[int, bytes]:
+    if not ids:
+        return {}
+    with db.read_raw() as r:
+        rows = r.rows(f"SELECT id, raw FROM inbox WHERE id IN ({placeholders(len(ids))})", ids)
+    return {i: bytes(data) for i, data in rows}
 
 
 def load_envelopes(s: Session, ids: Sequence[int]) -> dict[int, Envelope]:
-    rows = s.connection().execute(sa_select(
-        col(InboxRow.id), col(InboxRow.state), col(InboxRow.envelope_from),
-        col(InboxRow.envelope_to), col(InboxRow.message_id), col(InboxRow.content_hash),
-    ).where(col(InboxRow.id).in_(list(ids)))).all()
+    if not ids:
+        return {}
+    rows = raw(s).rows(
+        f"SELECT id, state, envelope_from, envelope_to, message_id, content_hash FROM inbox"
+        f" WHERE id IN ({placeholders(len(ids))})", ids)
     return {
         i: Envelope(i, state, frm, tuple(a for a in to.split(",") if a), mid, digest)
-        for i, state, frm, to, mid, digest in rows if i is not None
+        for i, state, frm, to, mid, digest in rows
     }
 
 
@@ -158,6 +161,12 @@ def claim(db: Database, *, limit: int, now: datetime | None = None) -> list[int]
     so claiming is a plain read (no write transaction, no fsync per batch):
     processing checks that a message is still queued inside its own transaction."""
     now = now or utcnow()
+    if db.is_sqlite:
+        with db.read_raw() as r:
+            return [i for (i,) in r.rows(
+                "SELECT id FROM inbox WHERE state = ? AND (claimed_until IS NULL"
+                " OR claimed_until < ?) ORDER BY id LIMIT ?",
+                (InboxState.QUEUED.value, r.time(now), limit))]
     q = (
         select(InboxRow.id)
         .where(
@@ -167,9 +176,6 @@ def claim(db: Database, *, limit: int, now: datetime | None = None) -> list[int]
         .order_by(col(InboxRow.id))
         .limit(limit)
     )
-    if db.is_sqlite:
-        with db.read() as s:
-            return [i for i in s.exec(q).all() if i is not None]
     with db.write() as s:
         ids = [i for i in s.exec(q.with_for_update(skip_locked=True)).all() if i is not None]
         if ids:
