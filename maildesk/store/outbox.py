@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from maildesk.store.db import Database
 from maildesk.store.inbox import utcnow
-from maildesk.store.raw import placeholders
+from maildesk.store.raw import Raw, placeholders
 from maildesk.store.raw import raw as _raw
 from maildesk.store.tables import OutboxRow, SuppressionRow
 
@@ -145,28 +146,39 @@ def suppress(s: Session, address: str, reason: str, now: datetime) -> bool:
 # --- the sender's side -----------------------------------------------------------------
 
 
+_ITEM_COLUMNS = ("id, ticket_id, template, automatic, recipients, envelope_from, message_id,"
+                 " created_at, state, attempts, next_attempt_at, last_error, sent_at")
+
+
+def _raw_item(r: Raw, row: Sequence[Any]) -> OutboxItem:
+    (i, ticket_id, template, automatic, recipients, envelope_from, message_id, created_at,
+     state, attempts, next_attempt_at, last_error, sent_at) = row
+    created = r.read_time(created_at)
+    assert created is not None
+    return OutboxItem(
+        id=i, ticket_id=ticket_id, template=template, automatic=bool(automatic),
+        recipients=split_recipients(recipients), envelope_from=envelope_from,
+        message_id=message_id, created_at=created, state=state, attempts=attempts,
+        next_attempt_at=r.read_time(next_attempt_at), last_error=last_error,
+        sent_at=r.read_time(sent_at),
+    )
+
+
 def claim_due(db: Database, *, now: datetime | None = None, limit: int = 20) -> list[Claimed]:
-    """Lease up to `limit` pending rows whose time has come, oldest first."""
+    """Lease up to `limit` pending rows whose time has come, oldest first (hand-written
+    SQL: the sender runs this for every batch of outgoing mail)."""
     now = now or utcnow()
-    with db.write() as s:
-        q = (
-            select(OutboxRow)
-            .where(
-                OutboxRow.state == PENDING,
-                or_(col(OutboxRow.next_attempt_at).is_(None),
-                    col(OutboxRow.next_attempt_at) <= now),
-                or_(col(OutboxRow.claimed_until).is_(None), col(OutboxRow.claimed_until) < now),
-            )
-            .order_by(col(OutboxRow.id))
-            .limit(limit)
-        )
-        if not db.is_sqlite:
-            q = q.with_for_update(skip_locked=True)
-        rows = list(s.exec(q).all())
-        for row in rows:
-            row.claimed_until = now + LEASE
-            s.add(row)
-        return [Claimed(_item(r), r.raw) for r in rows]
+    with db.write_raw() as r:
+        at = r.time(now)
+        rows = r.rows(
+            f"SELECT {_ITEM_COLUMNS}, raw FROM outbox WHERE state = ?"
+            " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+            " AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY id LIMIT ?"
+            + ("" if r.sqlite else " FOR UPDATE SKIP LOCKED"), (PENDING, at, at, limit))
+        if rows:
+            r.run(f"UPDATE outbox SET claimed_until = ? WHERE id IN ({placeholders(len(rows))})",
+                  (r.time(now + LEASE), *(row[0] for row in rows)))
+        return [Claimed(_raw_item(r, row[:-1]), bytes(row[-1])) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -183,16 +195,12 @@ def record(db: Database, results: Sequence[Result]) -> None:
     """Store attempts in one transaction: rows leave the sender's lease."""
     if not results:
         return
-    with db.write() as s:
-        for r in results:
-            s.execute(
-                update(OutboxRow).where(col(OutboxRow.id) == r.outbox_id).values(
-                    state=r.state, attempts=OutboxRow.attempts + 1, claimed_until=None,
-                    last_error=_one_line(r.note) if r.note else None,
-                    sent_at=r.at if r.state == SENT else None,
-                    next_attempt_at=r.at if r.state == PENDING else None,
-                )
-            )
+    with db.write_raw() as r:
+        r.many("UPDATE outbox SET state = ?, attempts = attempts + 1, claimed_until = NULL,"
+               " last_error = ?, sent_at = ?, next_attempt_at = ? WHERE id = ?",
+               [(x.state, _one_line(x.note) if x.note else None,
+                 r.time(x.at) if x.state == SENT else None,
+                 r.time(x.at) if x.state == PENDING else None, x.outbox_id) for x in results])
 
 
 def release(db: Database, ids: list[int]) -> None:
