@@ -105,7 +105,7 @@ class Worker(BackgroundLoop):
         while self.yield_to():
             if time.monotonic() >= deadline or self._stop.is_set():
                 return False
-            time.sleep(0.002)
+            time.sleep(0.001)
         return True
 
     def run_until_empty(self) -> int:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -29,6 +30,7 @@ from maildesk.store.inbox import Incoming
 
 log = logging.getLogger(__name__)
 MAX_GROUP = 64  # messages per group commit
+QUIET = 0.001  # seconds after a DATA answer during which intake still counts as busy
 
 
 class GroupCommitter:
@@ -94,6 +96,7 @@ class IntakeHandler:
         self.committer = committer
         self.on_commit = on_commit
         self.in_flight = 0  # DATA commands between end of data and our answer
+        self.last_answer = 0.0  # monotonic time of the last DATA answered
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
@@ -123,6 +126,7 @@ class IntakeHandler:
                 return "451 4.3.0 Cannot store the message now, try again later"
         finally:
             self.in_flight -= 1
+            self.last_answer = time.monotonic()
         metrics.received.labels(Source.SMTP.value).inc()
         log.info("inbox %s <%s>: received by SMTP from %s (%d bytes)", inbox_id,
                  row.message_id or "", session.peer, len(raw))
@@ -261,10 +265,11 @@ class SmtpIntake:
 
     def busy(self) -> bool:
         """Is a client in the middle of sending: a received message waiting for its commit,
-        or a session between MAIL FROM and the end of its DATA? The worker asks before
-        each batch, from its own thread (a copy of the set, and a retry-free answer if it
-        changes meanwhile)."""
-        if self.handler.in_flight:
+        a session between MAIL FROM and the end of its DATA, or a DATA answered less than
+        QUIET seconds ago (a client sending mail after mail starts the next one at once)?
+        The worker asks before each batch, from its own thread (a copy of the set, and a
+        retry-free answer if it changes meanwhile)."""
+        if self.handler.in_flight or time.monotonic() - self.handler.last_answer < QUIET:
             return True
         try:
             return any(c.in_transaction for c in list(self.connections.live))
