@@ -9,8 +9,10 @@ transaction each (`Pipeline.process_batch`): under load many messages share a co
 Intake goes first. The daemon is one process, so processing and SMTP share one CPU's
 worth of Python, and on SQLite a processing transaction makes SMTP commits wait. While
 intake says it is busy (a session in the middle of a mail transaction), a batch waits,
-but never lets the oldest message it knows of wait more than `max_defer` seconds; when
-that forces its hand it takes a large batch (`catch_up`), so processing keeps up under
+but never lets the oldest message it knows of wait more than `short_defer` seconds, or
+`max_defer` in a burst (the previous wait ran out too: intake has been busy without a
+pause): latency stays low at moderate load, and a burst is taken in at full speed. When
+the bound forces its hand it takes a large batch (`catch_up`), so processing keeps up under
 sustained load instead of being capped at one small batch per deferral. At low load
 nothing waits: a message is processed right after its commit.
 """
@@ -38,6 +40,7 @@ class Worker(BackgroundLoop):
         self, db: Database, pipeline: Pipeline, *, batch: int = 32, catch_up: int = 256,
         poll: float = 1.0, linger: float = 0.01, after_batch: Callable[[], None] | None = None,
         yield_to: Callable[[], bool] | None = None, max_defer: float = 1.0,
+        short_defer: float = 0.05,
     ) -> None:
         super().__init__()
         self.db = db
@@ -51,6 +54,8 @@ class Worker(BackgroundLoop):
         # Intake goes first (see the module docstring).
         self.yield_to = yield_to or (lambda: False)
         self.max_defer = max_defer
+        self.short_defer = short_defer
+        self._burst = False  # the last wait for intake ran out
         self._committed: dict[int, float] = {}  # inbox id -> monotonic commit time (latency)
         self._lock = threading.Lock()
         self._held: list[int] = []  # claimed, not yet processed
@@ -97,15 +102,17 @@ class Worker(BackgroundLoop):
 
     def _wait_for_intake(self) -> bool:
         """Wait while intake is busy, until the oldest message we know of has waited
-        `max_defer` since its commit. True when intake is idle (a normal batch), False
-        when the wait ran out (a catch-up batch)."""
+        `short_defer`, or `max_defer` in a burst, since its commit. True when intake is
+        idle (a normal batch), False when the wait ran out (a catch-up batch)."""
         with self._lock:
             oldest = min(self._committed.values(), default=time.monotonic())
-        deadline = oldest + self.max_defer
+        deadline = oldest + (self.max_defer if self._burst else self.short_defer)
         while self.yield_to():
             if time.monotonic() >= deadline or self._stop.is_set():
+                self._burst = True
                 return False
             time.sleep(0.001)
+        self._burst = False
         return True
 
     def run_until_empty(self) -> int:

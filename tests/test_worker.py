@@ -36,22 +36,26 @@ def test_idle_intake_means_a_normal_batch_at_once(tmp_path: Path) -> None:
     desk.db.dispose()
 
 
-def test_busy_intake_holds_a_batch_until_the_oldest_message_is_max_defer_old(
-    tmp_path: Path,
-) -> None:
+def test_busy_intake_holds_batches_short_then_long_in_a_burst(tmp_path: Path) -> None:
     desk = Desk.open(write_config(tmp_path, f"sqlite:///{tmp_path}/w.db"))
     ids = _queue(desk, 5)
     busy = threading.Event()
     busy.set()
     worker = Worker(desk.db, desk.pipeline, batch=2, catch_up=50, yield_to=busy.is_set,
-                    max_defer=0.4)
+                    short_defer=0.2, max_defer=0.8)
     worker.wake(ids)
     started = time.monotonic()
     outcomes = worker.run_once()
     waited = time.monotonic() - started
-    assert 0.35 <= waited < 2.0  # held while intake was busy, but not for ever
+    assert 0.15 <= waited < 0.7  # held while intake was busy, first for short_defer
     assert [o.inbox_id for o in outcomes] == ids  # then a catch-up batch: all of them
     assert {t.id for t in desk.tickets()} == {1, 2, 3, 4, 5}
+    # intake still busy without a pause: a burst, so the next batch may wait max_defer
+    more = _queue(desk, 2)
+    worker.wake(more)
+    started = time.monotonic()
+    assert [o.inbox_id for o in worker.run_once()] == more
+    assert 0.7 <= time.monotonic() - started < 3
     desk.db.dispose()
 
 
@@ -60,9 +64,23 @@ def test_a_batch_goes_as_soon_as_intake_falls_quiet(tmp_path: Path) -> None:
     ids = _queue(desk, 3)
     busy = threading.Event()
     busy.set()
-    worker = Worker(desk.db, desk.pipeline, batch=32, yield_to=busy.is_set, max_defer=30)
+    worker = Worker(desk.db, desk.pipeline, batch=32, yield_to=busy.is_set, max_defer=30,
+                    short_defer=30)
     worker.wake(ids)
     threading.Timer(0.2, busy.clear).start()
+    started = time.monotonic()
+    outcomes = worker.run_once()
+    assert 0.15 <= time.monotonic() - started < 5
+    assert [o.inbox_id for o in outcomes] == ids
+    desk.db.dispose()
+
+
+def test_a_few_waiting_messages_wait_only_short_defer_for_busy_intake(tmp_path: Path) -> None:
+    desk = Desk.open(write_config(tmp_path, f"sqlite:///{tmp_path}/w.db"))
+    ids = _queue(desk, 3)  # fewer than a batch: not a burst, latency matters more
+    worker = Worker(desk.db, desk.pipeline, batch=32, yield_to=lambda: True, max_defer=30,
+                    short_defer=0.2)
+    worker.wake(ids)
     started = time.monotonic()
     outcomes = worker.run_once()
     assert 0.15 <= time.monotonic() - started < 5
