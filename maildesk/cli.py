@@ -7,10 +7,8 @@ message from an MTA pipe and must not pay for the daemon's imports.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,10 +56,14 @@ def _read_message(path: str | None) -> bytes:
 
 
 def _print_json(value: Any) -> None:
+    import json  # here, like the other imports: `ingest --queue` starts once per message
+
     print(json.dumps(value, default=_json_default, ensure_ascii=False))
 
 
 def _json_default(value: Any) -> Any:
+    from datetime import datetime
+
     if isinstance(value, datetime):
         return value.isoformat() + ("Z" if value.tzinfo is None else "")
     if isinstance(value, bytes):
@@ -324,6 +326,8 @@ def cmd_outbox_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
     from maildesk.report import TicketFacts, report
     from maildesk.store import tickets
 
