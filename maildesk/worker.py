@@ -37,7 +37,7 @@ class Worker(BackgroundLoop):
     thread_name = "worker"
 
     def __init__(
-        self, db: Database, pipeline: Pipeline, *, batch: int = 32, catch_up: int = 256,
+        self, db: Database, pipeline: Pipeline, *, batch: int = 32, catch_up: int = 64,
         poll: float = 1.0, linger: float = 0.01, after_batch: Callable[[], None] | None = None,
         yield_to: Callable[[], bool] | None = None, max_defer: float = 1.0,
         short_defer: float = 0.05,
