@@ -250,6 +250,34 @@ def test_maildir_delivery_is_idempotent(tmp_path: Path) -> None:
     [path] = list((tmp_path / "md" / "new").iterdir())
     assert path.read_bytes() == b"Return-Path: <bounces+7-abc@example.com>\nSubject: x\n\nbody\n"
     assert list((tmp_path / "md" / "tmp").iterdir()) == []
+    # a mail client read it: the file is in cur/ now, with its flags
+    path.rename(tmp_path / "md" / "cur" / f"{path.name}:2,S")
+    assert transport.send(7, "bounces+7-abc@example.com", ["a@b.example"], raw,
+                          maybe_sent=True) == "already in the Maildir"
+    assert list((tmp_path / "md" / "new").iterdir()) == []
+
+
+def test_a_row_whose_lease_ran_out_is_delivered_once(tmp_path: Path) -> None:
+    from maildesk.store import outbox
+
+    desk = Desk.open(write_config(tmp_path, f"sqlite:///{tmp_path}/o.db"))
+    desk.ingest(message(msgid="<lease@customer.example>"))  # an ack and an agent notification
+    t0 = datetime.now(UTC)
+    first = outbox.claim_due(desk.db, now=t0)[0]
+    assert not first.reclaimed
+    transport = MaildirTransport(tmp_path / "outbox")
+    assert transport.send(first.item.id, first.item.envelope_from, first.item.recipients,
+                          first.raw, maybe_sent=first.reclaimed) is None
+    [delivered] = list((tmp_path / "outbox" / "new").iterdir())
+    delivered.rename(tmp_path / "outbox" / "cur" / f"{delivered.name}:2,S")
+    # the sender died before recording it; after the lease, another claim gets it again
+    assert outbox.claim_due(desk.db, now=t0) == []
+    again = outbox.claim_due(desk.db, now=t0 + outbox.LEASE + timedelta(seconds=1))[0]
+    assert again.item.id == first.item.id and again.reclaimed
+    assert transport.send(again.item.id, again.item.envelope_from, again.item.recipients,
+                          again.raw, maybe_sent=again.reclaimed) == "already in the Maildir"
+    assert list((tmp_path / "outbox" / "new").iterdir()) == []
+    desk.db.dispose()
 
 
 def test_backoff_schedule() -> None:

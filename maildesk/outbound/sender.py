@@ -116,7 +116,8 @@ class Sender(BackgroundLoop):
                  result: DrainResult) -> outbox.Result:
         item = claimed.item
         try:
-            note = transport.send(item.id, item.envelope_from, item.recipients, claimed.raw)
+            note = transport.send(item.id, item.envelope_from, item.recipients, claimed.raw,
+                                  maybe_sent=claimed.reclaimed)
         except DeliveryError as exc:
             tries = item.attempts + 1
             if exc.permanent or gives_up(tries, self.max_retry):

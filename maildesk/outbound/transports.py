@@ -3,7 +3,9 @@
 A transport either returns (delivered) or raises DeliveryError saying whether a later
 try may succeed. The Maildir transport names each file after the outbox row and its
 Message-ID and links it into `new/` only if no such file exists yet, so delivering the
-same row twice (a crash between delivery and `mark_sent`) leaves one file.
+same row twice (a crash between delivery and `mark_sent`) leaves one file. A mail client
+may have moved that file to `cur/` meanwhile: that folder is searched too, but only for a
+row whose earlier lease ran out (`maybe_sent`), not on every delivery, since it only grows.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ class Transport(Protocol):
     idempotent: bool  # delivering the same row twice leaves one copy
 
     def send(self, outbox_id: int, envelope_from: str, recipients: Sequence[str],
-             raw: bytes) -> str | None:
-        """Deliver one message; returns a note (e.g. partly refused) or None."""
+             raw: bytes, *, maybe_sent: bool = False) -> str | None:
+        """Deliver one message; returns a note (e.g. partly refused) or None.
+        `maybe_sent`: an earlier attempt may have delivered it (its sender died)."""
         ...
 
     def sync(self) -> None:
@@ -56,11 +59,11 @@ class MaildirTransport:
             (folder / sub).mkdir(parents=True, exist_ok=True)
 
     def send(self, outbox_id: int, envelope_from: str, recipients: Sequence[str],
-             raw: bytes) -> str | None:
+             raw: bytes, *, maybe_sent: bool = False) -> str | None:
         digest = hashlib.sha256(raw).hexdigest()[:16]
         name = f"{outbox_id}.{digest}.maildesk"
         new = self.folder / "new" / name
-        if new.exists() or any((self.folder / "cur").glob(f"{name}*")):
+        if new.exists() or (maybe_sent and any((self.folder / "cur").glob(f"{name}*"))):
             return "already in the Maildir"
         body = raw.replace(b"\r\n", b"\n")
         data = f"Return-Path: <{envelope_from}>\n".encode() + body
@@ -132,7 +135,8 @@ class SmtpTransport:
         return conn
 
     def send(self, outbox_id: int, envelope_from: str, recipients: Sequence[str],
-             raw: bytes) -> str | None:
+             raw: bytes, *, maybe_sent: bool = False) -> str | None:
+        # A smarthost cannot be asked whether it already has a message: maybe_sent is moot.
         try:
             if self.conn is None:
                 self.conn = self._connect()

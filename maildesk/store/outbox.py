@@ -50,6 +50,7 @@ class Claimed:
 
     item: OutboxItem
     raw: bytes
+    reclaimed: bool = False  # an earlier lease ran out: that sender may have delivered it
 
 
 def _item(row: OutboxRow) -> OutboxItem:
@@ -171,14 +172,14 @@ def claim_due(db: Database, *, now: datetime | None = None, limit: int = 20) -> 
     with db.write_raw() as r:
         at = r.time(now)
         rows = r.rows(
-            f"SELECT {_ITEM_COLUMNS}, raw FROM outbox WHERE state = ?"
+            f"SELECT {_ITEM_COLUMNS}, claimed_until IS NOT NULL, raw FROM outbox WHERE state = ?"
             " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
             " AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY id LIMIT ?"
             + ("" if r.sqlite else " FOR UPDATE SKIP LOCKED"), (PENDING, at, at, limit))
         if rows:
             r.run(f"UPDATE outbox SET claimed_until = ? WHERE id IN ({placeholders(len(rows))})",
                   (r.time(now + LEASE), *(row[0] for row in rows)))
-        return [Claimed(_raw_item(r, row[:-1]), bytes(row[-1])) for row in rows]
+        return [Claimed(_raw_item(r, row[:-2]), bytes(row[-1]), bool(row[-2])) for row in rows]
 
 
 @dataclass(frozen=True)
