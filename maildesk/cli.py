@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -52,7 +51,10 @@ def _db(settings: Settings, *, migrate: bool = True) -> Database:
 
 
 def _read_message(path: str | None) -> bytes:
-    return sys.stdin.buffer.read() if path in (None, "-") else Path(str(path)).read_bytes()
+    if path in (None, "-"):
+        return sys.stdin.buffer.read()
+    with open(str(path), "rb") as f:  # not pathlib: `ingest --queue` starts once per message
+        return f.read()
 
 
 def _print_json(value: Any) -> None:
@@ -132,7 +134,7 @@ def _queue_only(args: argparse.Namespace, raw: bytes) -> int | None:
 
     config = args.config or os.environ.get("MAILDESK_CONFIG", "").strip()
     try:
-        db = queue.sqlite_path(Path(config).expanduser()) if config else None
+        db = queue.sqlite_path(os.path.expanduser(config)) if config else None
         inbox_id = db and queue.enqueue(
             db, raw, envelope_from=args.sender,
             envelope_to=tuple(a.lower() for a in args.recipient or ()),

@@ -8,7 +8,8 @@ and inserts the inbox row with `sqlite3`, under the same pragmas as the daemon
 (WAL, synchronous=FULL, BEGIN IMMEDIATE). Anything else (PostgreSQL, no schema yet)
 returns None and the caller takes the full path.
 
-The message's identity comes from maildesk.identity, which parse.py uses too.
+The message's identity comes from maildesk.identity, which parse.py uses too. Paths are
+plain strings (os.path): importing pathlib costs a process more than the commit does.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import os
 import sqlite3
 import tomllib
 from datetime import UTC, datetime
-from pathlib import Path
 
 from maildesk.identity import content_hash, header_message_id
 
@@ -29,10 +29,10 @@ class QueueConfigError(Exception):
     """The config file cannot be read: the MTA should keep the message and retry."""
 
 
-def sqlite_path(config: Path) -> Path | None:
+def sqlite_path(config: str) -> str | None:
     """The SQLite database of this config (as config.Database resolves it), else None."""
     try:
-        with config.open("rb") as f:
+        with open(config, "rb") as f:
             data = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise QueueConfigError(f"{config}: {exc}") from exc
@@ -41,14 +41,15 @@ def sqlite_path(config: Path) -> Path | None:
         (table if isinstance(table, dict) else {}).get("url", "sqlite:///var/maildesk.db")).strip()
     if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
         return None
-    path = Path(url[len("sqlite:///"):].partition("?")[0]).expanduser()
-    return path if path.is_absolute() else config.absolute().parent / path
+    path = os.path.expanduser(url[len("sqlite:///"):].partition("?")[0])
+    return path if os.path.isabs(path) else os.path.join(
+        os.path.dirname(os.path.abspath(config)), path)
 
 
-def enqueue(db: Path, raw: bytes, *, envelope_from: str | None, envelope_to: tuple[str, ...],
+def enqueue(db: str, raw: bytes, *, envelope_from: str | None, envelope_to: tuple[str, ...],
             origin: str | None) -> int | None:
     """Commit one message as a queued inbox row; its id, or None without a schema."""
-    if not db.is_file():
+    if not os.path.isfile(db):
         return None
     values = (
         datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f"), "cli", origin, envelope_from,
