@@ -31,6 +31,10 @@ from maildesk.pipeline import Outcome, Pipeline
 from maildesk.store import Database, StoreUnavailable, inbox
 
 log = logging.getLogger(__name__)
+# Commit times of messages another node processed (PostgreSQL) are never popped here:
+# past this many, those older than this are forgotten.
+FORGET_AFTER_COUNT = 10_000
+FORGET_AFTER_SECONDS = 600.0
 
 
 class Worker(BackgroundLoop):
@@ -67,6 +71,9 @@ class Worker(BackgroundLoop):
             t = time.monotonic()
             with self._lock:
                 self._committed.update(dict.fromkeys(committed, t))
+                if len(self._committed) > FORGET_AFTER_COUNT:  # another node processed them
+                    self._committed = {i: c for i, c in self._committed.items()
+                                       if t - c < FORGET_AFTER_SECONDS}
         super().wake()
 
     def set_pipeline(self, pipeline: Pipeline) -> None:
