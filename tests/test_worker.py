@@ -7,82 +7,73 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from maildesk.domain import Source
 from maildesk.identity import content_hash, header_message_id
+from maildesk.pipeline import Outcome
 from maildesk.store import inbox
 from maildesk.worker import Worker
 from tests.helpers import Desk, message, write_config
 
 
-def _queue(desk: Desk, n: int) -> list[int]:
-    raws = [message(msgid=f"<w{i}@customer.example>", subject=f"case {i}") for i in range(n)]
-    return inbox.add_many(desk.db, [inbox.new_row(
+@pytest.fixture
+def desk(tmp_path: Path) -> Iterator[Desk]:
+    d = Desk.open(write_config(tmp_path, f"sqlite:///{tmp_path}/w.db"))
+    yield d
+    d.db.dispose()
+
+
+def _queue(desk: Desk, n: int, worker: Worker) -> list[int]:
+    """n committed messages, announced to the worker as intake does."""
+    first = len(desk.tickets())
+    raws = [message(msgid=f"<w{first + i}@customer.example>", subject=f"case {first + i}")
+            for i in range(n)]
+    ids = inbox.add_many(desk.db, [inbox.new_row(
         r, source=Source.SMTP, message_id=header_message_id(r), content_hash=content_hash(r))
         for r in raws])
-
-
-def test_idle_intake_means_a_normal_batch_at_once(tmp_path: Path) -> None:
-    desk = Desk.open(write_config(tmp_path, f"sqlite:///{tmp_path}/w.db"))
-    ids = _queue(desk, 5)
-    worker = Worker(desk.db, desk.pipeline, batch=2, catch_up=50, yield_to=lambda: False)
     worker.wake(ids)
+    return ids
+
+
+def _run_once(worker: Worker) -> tuple[list[int], float]:
+    """The inbox ids of one batch, and how long it took to come."""
     started = time.monotonic()
-    outcomes = worker.run_once()
-    assert time.monotonic() - started < 0.5
-    assert [o.inbox_id for o in outcomes] == ids[:2]  # `batch`, not `catch_up`
+    outcomes: list[Outcome] = worker.run_once()
     assert all(o.state.value == "processed" for o in outcomes)
-    desk.db.dispose()
+    return [o.inbox_id for o in outcomes], time.monotonic() - started
 
 
-def test_busy_intake_holds_batches_short_then_long_in_a_burst(tmp_path: Path) -> None:
-    desk = Desk.open(write_config(tmp_path, f"sqlite:///{tmp_path}/w.db"))
-    ids = _queue(desk, 5)
-    busy = threading.Event()
-    busy.set()
-    worker = Worker(desk.db, desk.pipeline, batch=2, catch_up=50, yield_to=busy.is_set,
+def test_idle_intake_means_a_normal_batch_at_once(desk: Desk) -> None:
+    worker = Worker(desk.db, desk.pipeline, batch=2, catch_up=50, yield_to=lambda: False)
+    ids = _queue(desk, 5, worker)
+    done, waited = _run_once(worker)
+    assert done == ids[:2] and waited < 0.5  # `batch`, not `catch_up`, and no wait
+
+
+def test_busy_intake_holds_batches_short_then_long_in_a_burst(desk: Desk) -> None:
+    worker = Worker(desk.db, desk.pipeline, batch=2, catch_up=50, yield_to=lambda: True,
                     short_defer=0.2, max_defer=0.8)
-    worker.wake(ids)
-    started = time.monotonic()
-    outcomes = worker.run_once()
-    waited = time.monotonic() - started
-    assert 0.15 <= waited < 0.7  # held while intake was busy, first for short_defer
-    assert [o.inbox_id for o in outcomes] == ids  # then a catch-up batch: all of them
+    ids = _queue(desk, 5, worker)
+    done, waited = _run_once(worker)
+    assert done == ids  # the wait ran out: a catch-up batch takes all of them
+    assert 0.15 <= waited < 0.7  # held while intake was busy, for short_defer
     assert {t.id for t in desk.tickets()} == {1, 2, 3, 4, 5}
-    # intake still busy without a pause: a burst, so the next batch may wait max_defer
-    more = _queue(desk, 2)
-    worker.wake(more)
-    started = time.monotonic()
-    assert [o.inbox_id for o in worker.run_once()] == more
-    assert 0.7 <= time.monotonic() - started < 3
-    desk.db.dispose()
+    # intake still busy without a pause: a burst, so the next batch waits max_defer
+    more = _queue(desk, 2, worker)
+    done, waited = _run_once(worker)
+    assert done == more and 0.7 <= waited < 3
 
 
-def test_a_batch_goes_as_soon_as_intake_falls_quiet(tmp_path: Path) -> None:
-    desk = Desk.open(write_config(tmp_path, f"sqlite:///{tmp_path}/w.db"))
-    ids = _queue(desk, 3)
+def test_a_batch_goes_as_soon_as_intake_falls_quiet(desk: Desk) -> None:
     busy = threading.Event()
     busy.set()
     worker = Worker(desk.db, desk.pipeline, batch=32, yield_to=busy.is_set, max_defer=30,
                     short_defer=30)
-    worker.wake(ids)
+    ids = _queue(desk, 3, worker)
     threading.Timer(0.2, busy.clear).start()
-    started = time.monotonic()
-    outcomes = worker.run_once()
-    assert 0.15 <= time.monotonic() - started < 5
-    assert [o.inbox_id for o in outcomes] == ids
-    desk.db.dispose()
-
-
-def test_a_few_waiting_messages_wait_only_short_defer_for_busy_intake(tmp_path: Path) -> None:
-    desk = Desk.open(write_config(tmp_path, f"sqlite:///{tmp_path}/w.db"))
-    ids = _queue(desk, 3)  # fewer than a batch: not a burst, latency matters more
-    worker = Worker(desk.db, desk.pipeline, batch=32, yield_to=lambda: True, max_defer=30,
-                    short_defer=0.2)
-    worker.wake(ids)
-    started = time.monotonic()
-    outcomes = worker.run_once()
-    assert 0.15 <= time.monotonic() - started < 5
-    assert [o.inbox_id for o in outcomes] == ids
-    desk.db.dispose()
+    done, waited = _run_once(worker)
+    assert done == ids and 0.15 <= waited < 5
