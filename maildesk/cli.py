@@ -7,6 +7,7 @@ message from an MTA pipe and must not pay for the daemon's imports.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -127,7 +128,6 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 def _queue_only(args: argparse.Namespace, raw: bytes) -> int | None:
     """`ingest --queue` on SQLite, with the standard library only (see intake.queue);
     None when that path does not apply and the full one must run."""
-    import os
     import sqlite3
 
     from maildesk.intake import queue
@@ -382,7 +382,7 @@ def _check_config(sub: Any, add: Adder) -> None:
 
 
 def _db_commands(sub: Any, add: Adder) -> None:
-    db = sub.add_parser("db", help="database").add_subparsers(dest="db_command", required=True)
+    db = _group(sub, "db", "database", dest="db_command")
     add(db, "upgrade", cmd_db_upgrade, "apply schema migrations")
 
 
@@ -395,7 +395,7 @@ def _ingest(sub: Any, add: Adder) -> None:
 
 
 def _tickets(sub: Any, add: Adder) -> None:
-    tk = sub.add_parser("tickets", help="tickets").add_subparsers(dest="sub", required=True)
+    tk = _group(sub, "tickets", "tickets")
     tl = add(tk, "list", cmd_tickets_list, "list tickets")
     tl.add_argument("--status")
     tl.add_argument("--queue")
@@ -403,14 +403,14 @@ def _tickets(sub: Any, add: Adder) -> None:
 
 
 def _inbox(sub: Any, add: Adder) -> None:
-    ib = sub.add_parser("inbox", help="raw intake").add_subparsers(dest="sub", required=True)
+    ib = _group(sub, "inbox", "raw intake")
     add(ib, "list", cmd_inbox_list, "list inbox messages").add_argument(
         "--failed", action="store_true")
     add(ib, "retry", cmd_inbox_retry, "reprocess a message").add_argument("id", type=int)
 
 
 def _outbox(sub: Any, add: Adder) -> None:
-    ob = sub.add_parser("outbox", help="outgoing mail").add_subparsers(dest="sub", required=True)
+    ob = _group(sub, "outbox", "outgoing mail")
     add(ob, "list", cmd_outbox_list, "list outgoing messages").add_argument(
         "--state", choices=["pending", "sent", "failed", "bounced"])
     add(ob, "retry", cmd_outbox_retry, "send a failed message again").add_argument("id", type=int)
@@ -432,17 +432,43 @@ COMMANDS: dict[str, Callable[[Any, Adder], None]] = {
 }
 
 
+def _group(sub: Any, name: str, hlp: str, dest: str = "sub") -> Any:
+    """A command made of subcommands (`maildesk tickets list`)."""
+    return sub.add_parser(name, help=hlp, formatter_class=_Formatter).add_subparsers(
+        dest=dest, required=True)
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help at the terminal's width, found the way shutil.get_terminal_size
+    finds it, without importing shutil (and bz2, lzma) into every `ingest --queue`."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_columns() - 2)
+
+
+def _columns() -> int:
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; with `only`, just that command's branch (argparse takes a few
     milliseconds per subcommand, and an MTA pipe starts one process per message)."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, formatter_class=_Formatter)
     common.add_argument("--config", help="config file (default: $MAILDESK_CONFIG)")
     common.add_argument("--json", action="store_true", help="print JSON")
-    p = argparse.ArgumentParser(prog="maildesk", description="Email-driven help desk.")
+    p = argparse.ArgumentParser(prog="maildesk", description="Email-driven help desk.",
+                                formatter_class=_Formatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(parent: Any, name: str, func: Callable[[argparse.Namespace], int], hlp: str) -> Any:
-        sp = parent.add_parser(name, parents=[common], help=hlp)
+        sp = parent.add_parser(name, parents=[common], help=hlp, formatter_class=_Formatter)
         sp.set_defaults(func=func)
         return sp
 
