@@ -11,7 +11,8 @@ worth of Python, and on SQLite a processing transaction makes SMTP commits wait.
 intake says it is busy (a session in the middle of a mail transaction), a batch waits,
 but never lets the oldest message it knows of wait more than `short_defer` seconds, or
 `max_defer` in a burst (the previous wait ran out too: intake has been busy without a
-pause): latency stays low at moderate load, and a burst is taken in at full speed. When
+pause): latency stays low at moderate load, and a burst (an MTA flushing its queue) is
+taken in at wire speed first and processed right after, as a mail server's queue would. When
 the bound forces its hand it takes a large batch (`catch_up`), so processing keeps up under
 sustained load instead of being capped at one small batch per deferral. At low load
 nothing waits: a message is processed right after its commit.
@@ -43,7 +44,7 @@ class Worker(BackgroundLoop):
     def __init__(
         self, db: Database, pipeline: Pipeline, *, batch: int = 32, catch_up: int = 64,
         poll: float = 1.0, linger: float = 0.01, after_batch: Callable[[], None] | None = None,
-        yield_to: Callable[[], bool] | None = None, max_defer: float = 1.0,
+        yield_to: Callable[[], bool] | None = None, max_defer: float = 10.0,
         short_defer: float = 0.05,
     ) -> None:
         super().__init__()
