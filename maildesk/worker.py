@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 # past this many, those older than this are forgotten.
 FORGET_AFTER_COUNT = 10_000
 FORGET_AFTER_SECONDS = 600.0
+INTAKE_POLL = 0.001  # seconds between looks at a busy intake
+BURST_POLL = 0.01  # the same in a burst, when the wait may last max_defer
 
 
 class Worker(BackgroundLoop):
@@ -115,11 +117,13 @@ class Worker(BackgroundLoop):
         with self._lock:
             oldest = min(self._committed.values(), default=time.monotonic())
         deadline = oldest + (self.max_defer if self._burst else self.short_defer)
+        # Each look at intake takes the GIL from the event loop: in a burst, look less often.
+        pause = BURST_POLL if self._burst else INTAKE_POLL
         while self.yield_to():
             if time.monotonic() >= deadline or self._stop.is_set():
                 self._burst = True
                 return False
-            time.sleep(0.001)
+            time.sleep(pause)
         self._burst = False
         return True
 
