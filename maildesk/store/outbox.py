@@ -53,17 +53,6 @@ class Claimed:
     reclaimed: bool = False  # an earlier lease ran out: that sender may have delivered it
 
 
-def _item(row: OutboxRow) -> OutboxItem:
-    assert row.id is not None
-    return OutboxItem(
-        id=row.id, ticket_id=row.ticket_id, template=row.template, automatic=row.automatic,
-        recipients=split_recipients(row.recipients), envelope_from=row.envelope_from,
-        message_id=row.message_id, created_at=row.created_at, state=row.state,
-        attempts=row.attempts, next_attempt_at=row.next_attempt_at, last_error=row.last_error,
-        sent_at=row.sent_at,
-    )
-
-
 def split_recipients(value: str) -> tuple[str, ...]:
     return tuple(a for a in value.split(",") if a)
 
@@ -227,11 +216,11 @@ def retry(db: Database, outbox_id: int, *, now: datetime | None = None) -> bool:
 
 
 def list_items(db: Database, *, state: str | None = None, limit: int = 200) -> list[OutboxItem]:
-    with db.read() as s:
-        q = select(OutboxRow).order_by(col(OutboxRow.id).desc()).limit(limit)
-        if state is not None:
-            q = q.where(OutboxRow.state == state)
-        return [_item(r) for r in s.exec(q).all()]
+    where = "WHERE state = ? " if state is not None else ""
+    with db.read_raw() as r:
+        rows = r.rows(f"SELECT {_ITEM_COLUMNS} FROM outbox {where}ORDER BY id DESC LIMIT ?",
+                      (*([state] if state is not None else []), limit))
+        return [_raw_item(r, row) for row in rows]
 
 
 def backlog(db: Database) -> int:

@@ -82,11 +82,14 @@ def load(s: Session, ticket_id: int) -> Ticket | None:
     return _ticket(r, row) if row else None
 
 
+def _stored(r: Raw, t: Ticket, columns: Sequence[str]) -> list[Any]:
+    """The values of `columns` as parameters (times as stored)."""
+    return [r.time(getattr(t, c)) if c in _TIMES else getattr(t, c) for c in columns]
+
+
 def save(s: Session, t: Ticket) -> None:
     r = raw(s)
-    values = [r.time(v) if c in _TIMES else v
-              for c, v in ((c, getattr(t, c)) for c in _COLUMNS[1:])]
-    r.run(_UPDATE, (*values, t.id))
+    r.run(_UPDATE, (*_stored(r, t, _COLUMNS[1:]), t.id))
 
 
 class SessionLookup:
@@ -182,8 +185,7 @@ def create(
     columns = _COLUMNS[1:]
     t.id = r.insert(
         f"INSERT INTO ticket ({', '.join(columns)}) VALUES ({placeholders(len(columns))})"
-        " RETURNING id",
-        [r.time(v) if c in _TIMES else v for c, v in ((c, getattr(t, c)) for c in columns)])
+        " RETURNING id", _stored(r, t, columns))
     return t
 
 
@@ -195,9 +197,7 @@ def add_participants(
     if not wanted:
         return
     r = raw(s)
-    existing = set() if new else {a for (a,) in r.rows(
-        f"SELECT address FROM participant WHERE ticket_id = ? "
-        f"AND address IN ({placeholders(len(wanted))})", (ticket_id, *wanted))}
+    existing = set() if new else _known(r, "participant", "address", ticket_id, wanted)
     r.many("INSERT INTO participant (ticket_id, address, role) VALUES (?, ?, ?)",
            [(ticket_id, a, role) for a in wanted if a not in existing])
 
@@ -210,11 +210,16 @@ def add_refs(
     if not wanted:
         return
     r = raw(s)
-    known = set() if new else {k for (k,) in r.rows(
-        f"SELECT key FROM message_ref WHERE ticket_id = ? "
-        f"AND key IN ({placeholders(len(wanted))})", (ticket_id, *wanted))}
+    known = set() if new else _known(r, "message_ref", "key", ticket_id, list(wanted))
     r.many("INSERT INTO message_ref (key, ticket_id, kind) VALUES (?, ?, ?)",
            [(k, ticket_id, kind) for k, kind in wanted.items() if k not in known])
+
+
+def _known(r: Raw, table: str, column: str, ticket_id: int, values: Sequence[str]) -> set[str]:
+    """Which of `values` the ticket already has in `table.column` (a fixed name of ours)."""
+    found = r.rows(f"SELECT {column} FROM {table} WHERE ticket_id = ?"
+                   f" AND {column} IN ({placeholders(len(values))})", (ticket_id, *values))
+    return {v for (v,) in found}
 
 
 def add_entry(
