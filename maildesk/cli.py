@@ -159,13 +159,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         if queued is not None:
             return queued
     from maildesk.domain import Source
-    from maildesk.identity import content_hash, header_message_id
+    from maildesk.identity import identity
     from maildesk.store import inbox
 
     settings = _settings(args)
     db = _db(settings)
+    message_id, digest = identity(raw)
     row = inbox.new_row(
-        raw, source=Source.CLI, message_id=header_message_id(raw), content_hash=content_hash(raw),
+        raw, source=Source.CLI, message_id=message_id, content_hash=digest,
         envelope_from=args.sender, envelope_to=tuple(a.lower() for a in args.recipient or ()),
         origin=None if args.file in (None, "-") else str(args.file)[:500],
     )

@@ -18,10 +18,25 @@ _IDENTITY_HEADERS = frozenset({b"from", b"to", b"cc", b"subject", b"date", b"mes
 _CONTROLS = dict.fromkeys([*range(32), 127], " ")
 
 
+def identity(raw: bytes) -> tuple[str | None, str]:
+    """(header_message_id, content_hash), reading the header block once."""
+    try:
+        fields, body_start = header_fields(raw)
+    except Exception:
+        return None, hashlib.sha256(bytes(raw)).hexdigest()
+    return _message_id(fields), _content_hash(raw, fields, body_start)
+
+
 def header_message_id(raw: bytes) -> str | None:
     """Message-ID from the header block alone, normalised as parse_message does it."""
     try:
-        fields, _ = header_fields(raw)
+        return _message_id(header_fields(raw)[0])
+    except Exception:
+        return None
+
+
+def _message_id(fields: list[tuple[bytes, bytes]]) -> str | None:
+    try:
         value = next((v for name, v in fields if name == b"message-id"), None)
         if value is not None:
             ids = msg_ids(_header_text(value.decode("ascii", "surrogateescape")))
@@ -44,6 +59,13 @@ def content_hash(raw: bytes) -> str:
     """sha256 of what survives redelivery: identity headers and body, never trace headers."""
     try:
         fields, body_start = header_fields(raw)
+    except Exception:
+        return hashlib.sha256(bytes(raw)).hexdigest()
+    return _content_hash(raw, fields, body_start)
+
+
+def _content_hash(raw: bytes, fields: list[tuple[bytes, bytes]], body_start: int) -> str:
+    try:
         body = raw[body_start:].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         body = b"\n".join(line.rstrip(b" \t") for line in body.split(b"\n")).rstrip()
         digest = hashlib.sha256()

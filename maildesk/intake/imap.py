@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from maildesk import metrics
 from maildesk.config import Mailbox, Settings
 from maildesk.domain import Source
-from maildesk.identity import content_hash, header_message_id
+from maildesk.identity import identity
 from maildesk.intake.imap_batches import FetchGuard, plan_batches
 from maildesk.intake.imap_health import Backoff, MailboxHealth, send_alert
 from maildesk.intake.imap_session import ImapError, ImapSession, Selected
@@ -345,8 +345,9 @@ class MailboxPoller:
 
     def _row(self, uid: int, raw: bytes) -> inbox.Incoming:
         m = self.mailbox
-        return inbox.new_row(raw, source=Source.IMAP, message_id=header_message_id(raw),
-                             content_hash=content_hash(raw), origin=f"{m.name}/{m.folder}/{uid}")
+        message_id, digest = identity(raw)
+        return inbox.new_row(raw, source=Source.IMAP, message_id=message_id,
+                             content_hash=digest, origin=f"{m.name}/{m.folder}/{uid}")
 
 
 def _kind(exc: ImapError | StoreUnavailable) -> str:

@@ -19,7 +19,7 @@ import sqlite3
 import tomllib
 from datetime import UTC, datetime
 
-from maildesk.identity import content_hash, header_message_id
+from maildesk.identity import identity
 
 _COLUMNS = ("received_at", "source", "origin", "envelope_from", "envelope_to", "message_id",
             "content_hash", "size", "raw", "state", "attempts")
@@ -51,9 +51,10 @@ def enqueue(db: str, raw: bytes, *, envelope_from: str | None, envelope_to: tupl
     """Commit one message as a queued inbox row; its id, or None without a schema."""
     if not os.path.isfile(db):
         return None
+    message_id, digest = identity(raw)
     values = (
         datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f"), "cli", origin, envelope_from,
-        ",".join(envelope_to), _truncated(header_message_id(raw)), content_hash(raw), len(raw),
+        ",".join(envelope_to), _truncated(message_id), digest, len(raw),
         raw, "queued", 0,
     )
     conn = sqlite3.connect(db, timeout=30, isolation_level=None)

@@ -24,7 +24,7 @@ from maildesk import metrics
 from maildesk.addresses import is_desk_recipient
 from maildesk.config import Settings
 from maildesk.domain import Source
-from maildesk.identity import content_hash, header_message_id
+from maildesk.identity import identity
 from maildesk.store import Database, StoreUnavailable, inbox
 from maildesk.store.inbox import Incoming
 
@@ -135,12 +135,12 @@ class IntakeHandler:
 
     @staticmethod
     def _row(raw: bytes, session: Session, envelope: Envelope) -> Incoming:
-        message_id = header_message_id(raw)
+        message_id, digest = identity(raw)
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
         sender = (envelope.mail_from or "").strip().lower()
         return inbox.new_row(
             raw, source=Source.SMTP, message_id=message_id[:998] if message_id else None,
-            content_hash=content_hash(raw), envelope_from="" if sender == "<>" else sender,
+            content_hash=digest, envelope_from="" if sender == "<>" else sender,
             envelope_to=tuple(a.lower() for a in envelope.rcpt_tos), origin=f"smtp {peer}"[:500],
         )
 
