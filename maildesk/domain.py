@@ -118,6 +118,9 @@ class ParsedMail:
     dsn: DeliveryReport | None = None
     defects: tuple[str, ...] = ()
     parser: str = "mail-parser"  # or "email" when the stdlib fallback was used
+    # parse.parse_headers: every header field as above, body fields empty (text, html,
+    # display_body, attachments, dsn, defects); parse_message fills them later.
+    headers_only: bool = False
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())

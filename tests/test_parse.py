@@ -21,7 +21,7 @@ from maildesk import parse
 from maildesk.domain import ParsedMail
 from maildesk.identity import content_hash, header_message_id
 from maildesk.mimetext import decode_bytes, html_to_text, safe_filename
-from maildesk.parse import parse_message
+from maildesk.parse import parse_headers, parse_message
 
 CORPUS = Path(
     os.environ.get("MAILDESK_CORPUS")
@@ -104,6 +104,37 @@ def _check_invariants(name: str, mail: ParsedMail) -> list[str]:
     if "\x00" in stored:
         problems.append(f"{name}: NUL in stored text")
     return problems
+
+
+HEADER_FIELDS = ("message_id", "in_reply_to", "references", "thread_index", "subject",
+                 "from_addr", "from_name", "reply_to", "to", "cc", "date", "headers")
+
+
+def test_the_header_block_alone_gives_every_header_field_of_a_whole_parse(
+        corpus: dict[str, tuple[bytes, ParsedMail | BaseException]]) -> None:
+    """Processing threads and stores from parse_headers and reads the body later
+    (pipeline.py): both must agree on every field threading and rules look at."""
+    differ = []
+    for name, (raw, whole) in corpus.items():
+        assert isinstance(whole, ParsedMail), name
+        head = parse_headers(raw)
+        if head is None:
+            continue
+        assert head.headers_only and not head.text and not head.attachments, name
+        differ += [f"{name}: {field}: {getattr(head, field)!r} != {getattr(whole, field)!r}"
+                   for field in HEADER_FIELDS if getattr(head, field) != getattr(whole, field)]
+    assert not differ, "\n".join(differ[:10])
+    assert not parse_message(next(iter(corpus.values()))[0]).headers_only
+
+
+def test_header_block_edges() -> None:
+    body = b"\r\n\r\nFrom: nobody in the body\r\n"
+    head = parse_headers(b"From: a@x.example\r\nSubject: hi\r\n" + body)
+    assert head is not None and head.from_addr == "a@x.example" and head.subject == "hi"
+    no_body = parse_headers(b"From: a@x.example\nSubject: only headers\n")
+    assert no_body is not None and no_body.subject == "only headers"
+    huge = b"X-Filler: " + b"a" * 300_000 + b"\r\n\r\nbody"
+    assert parse_headers(huge) is None  # only a whole parse copes with that
 
 
 def test_every_corpus_file_parses(corpus: dict[str, tuple[bytes, ParsedMail | BaseException]]
