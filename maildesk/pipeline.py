@@ -6,6 +6,16 @@ Parsing runs outside the write transaction; everything after it runs inside
 one, so a ticket change, its entry and its outgoing mail commit together or
 not at all. Processing is idempotent: a message is taken only while `queued`,
 and a redelivered copy is recognised by its identity (Message-ID + hash).
+
+Headers first: threading, loop checks and header rules need only the header block,
+and reading it is a fraction of reading the whole message (MIME tree, charsets,
+quote stripping, attachments). So `process_batch` stores most messages from their
+headers (the ticket, the entry without its body, the references) and leaves a
+`deferred` row in the same transaction; `follow_up` reads them whole later, fills in
+the body and attachments and runs the reactors (outgoing mail), in one transaction
+again. Messages whose handling depends on the body are read whole at once and
+processed in one go: automatic mail (bounces are read from their report), agent
+mail, and all mail when a rule has a `body` condition.
 """
 
 from __future__ import annotations
@@ -29,13 +39,14 @@ from maildesk.domain import (
     Sender,
     Source,
     ThreadDecision,
+    ThreadRule,
 )
 from maildesk.identify import identify
 from maildesk.identity import content_hash
-from maildesk.parse import parse_message
-from maildesk.rules import RuleContext
+from maildesk.parse import parse_headers, parse_message
+from maildesk.rules import RuleContext, read_body
 from maildesk.rules import evaluate as evaluate_rules
-from maildesk.store import Database, StoreUnavailable, inbox
+from maildesk.store import Database, StoreUnavailable, deferred, inbox, tickets
 from maildesk.store.inbox import utcnow
 from maildesk.store.raw import raw as session_raw
 from maildesk.store.tickets import SessionLookup
@@ -113,14 +124,19 @@ class Pipeline:
         first = settings.sla[0] if settings.sla else None
         self.hours = first.hours if first else parse_business_hours(DEFAULT_HOURS)
         self.hours_tz = first.tzinfo if first else settings.desk.tzinfo
+        self.rules_read_body = read_body(settings.rules)
 
     # --- entry points ---------------------------------------------------------------------
 
     def process(self, inbox_id: int) -> Outcome:
-        return self.process_batch([inbox_id])[0]
+        """One message start to finish, follow-up included (`ingest`, `inbox retry`)."""
+        outcome = self.process_batch([inbox_id])[0]
+        self.follow_up([inbox_id])
+        return outcome
 
     def process_batch(self, inbox_ids: Sequence[int]) -> list[Outcome]:
-        """Process claimed inbox messages in one write transaction.
+        """Process claimed inbox messages in one write transaction, most of them from
+        their headers (see the module docstring; `follow_up` does the rest).
 
         A message that raises is parked as `failed` and the others are stored;
         StoreUnavailable propagates and leaves everything queued."""
@@ -129,24 +145,41 @@ class Pipeline:
         raws = inbox.load_raw(self.db, inbox_ids)
         for i, raw in raws.items():
             try:
-                parsed[i] = parse_message(raw)
-            except Exception as exc:  # parse_message should not raise; never trust it
+                parsed[i] = parse_headers(raw) or parse_message(raw)
+            except Exception as exc:  # neither should raise; never trust it
                 failures[i] = f"parse: {type(exc).__name__}: {exc}"
-        del raws
         try:  # the common case: every message goes through, no savepoints needed
-            outcomes = self._store_batch(parsed, failures, isolate=False)
+            outcomes = self._store_batch(parsed, raws, failures, isolate=False)
         except StoreUnavailable:
             raise
         except Exception:  # one message raised and the batch rolled back: again, one by one
             log.warning("a message of the batch failed; processing it message by message")
-            outcomes = self._store_batch(parsed, failures, isolate=True)
+            outcomes = self._store_batch(parsed, raws, failures, isolate=True)
         for i, reason in failures.items():
             inbox.record_failure(self.db, i, reason)
             outcomes[i] = Outcome(i, InboxState.FAILED, reason=reason)
         return [outcomes.get(i) or self._current(i) for i in inbox_ids]
 
+    def follow_up(self, inbox_ids: Sequence[int] | None = None, *, limit: int = 64) -> int:
+        """Read whole the messages `process_batch` stored from their headers (these of
+        `inbox_ids`, else the oldest `limit`), fill in their entries' body and
+        attachments and queue their outgoing mail, in one write transaction. Returns
+        how many it did; 0 when none was waiting."""
+        ids = list(inbox_ids) if inbox_ids is not None else deferred.pending(self.db, limit)
+        if not ids:
+            return 0
+        mails = {i: parse_message(raw) for i, raw in inbox.load_raw(self.db, ids).items()}
+        try:
+            return self._follow_up_batch(mails, isolate=False)
+        except StoreUnavailable:
+            raise
+        except Exception:
+            log.warning("a follow-up of the batch failed; doing them one by one")
+            return self._follow_up_batch(mails, isolate=True)
+
     def _store_batch(
-        self, parsed: dict[int, ParsedMail], failures: dict[int, str], *, isolate: bool
+        self, parsed: dict[int, ParsedMail], raws: dict[int, bytes], failures: dict[int, str],
+        *, isolate: bool,
     ) -> dict[int, Outcome]:
         """Everything after parsing, in one write transaction. With `isolate`, each message
         runs in a savepoint, so one that raises is rolled back alone and noted in
@@ -161,15 +194,57 @@ class Pipeline:
                 if env is None or env.state != InboxState.QUEUED.value:
                     continue
                 if not isolate:
-                    outcomes[i] = self._apply(s, env, mail, self.reactors)[0]
+                    outcomes[i] = self._apply(s, env, mail, self.reactors, raws[i])[0]
                     continue
                 try:
                     with s.begin_nested():
-                        outcomes[i] = self._apply(s, env, mail, self.reactors)[0]
+                        outcomes[i] = self._apply(s, env, mail, self.reactors, raws[i])[0]
                 except Exception as exc:
                     log.exception("inbox %s (%s): processing failed", i, mail.message_id)
                     failures[i] = f"{type(exc).__name__}: {exc}"
         return outcomes
+
+    def _follow_up_batch(self, mails: dict[int, ParsedMail], *, isolate: bool) -> int:
+        done = 0
+        with self.db.write() as s:
+            self.db.lock_threading(s)
+            for item in deferred.take(s, list(mails)):
+                mail = mails[item.inbox_id]
+                if not isolate:
+                    self._follow_up_one(s, item, mail)
+                    done += 1
+                    continue
+                try:
+                    with s.begin_nested():
+                        self._follow_up_one(s, item, mail)
+                except Exception:  # the mail is lost to a bug, never the message
+                    log.exception("inbox %s (%s): outgoing mail failed; the entry is kept",
+                                  item.inbox_id, mail.message_id)
+                    with s.begin_nested():
+                        tickets.fill_entry(s, item.entry_id, body=mail.display_body,
+                                           attachments=mail.attachments)
+                        deferred.done(s, item.inbox_id)
+                done += 1
+        return done
+
+    def _follow_up_one(self, s: Session, item: deferred.Deferred, mail: ParsedMail) -> None:
+        tickets.fill_entry(s, item.entry_id, body=mail.display_body, attachments=mail.attachments)
+        deferred.done(s, item.inbox_id)
+        settings = self.settings
+        envelope = inbox.Envelope(item.inbox_id, InboxState.PROCESSED.value, item.envelope_from,
+                                  item.envelope_to, mail.message_id, "")
+        classification = classify(mail, item.envelope_from, settings.desk_addresses())
+        change = Change(
+            inbox_id=item.inbox_id, mail=mail, envelope_from=item.envelope_from,
+            classification=classification, sender=self._identify(mail, envelope),
+            decision=ThreadDecision(item.ticket_id, ThreadRule(item.thread_rule),
+                                    item.thread_reason),
+            ticket_id=item.ticket_id, entry_id=item.entry_id, entry_kind=item.entry_kind,
+            new_ticket=item.new_ticket, now=utcnow(),
+            rules=RuleOutcome(reply_templates=item.reply_templates, notify=item.notify),
+        )
+        for reactor in self.reactors:
+            reactor.react(s, change)
 
     def explain(self, raw: bytes) -> Explanation:
         """Run every step on `raw` and roll back: nothing is stored or sent."""
@@ -199,9 +274,13 @@ class Pipeline:
     # --- the steps ------------------------------------------------------------------------
 
     def _apply(
-        self, s: Session, row: inbox.Envelope, mail: ParsedMail, reactors: Sequence[Reactor]
+        self, s: Session, row: inbox.Envelope, mail: ParsedMail, reactors: Sequence[Reactor],
+        raw: bytes | None = None,
     ) -> tuple[Outcome, tuple[Classification | None, Sender | None,
                               ThreadDecision | None, list[str]]]:
+        """All steps after parsing for one message. `mail` may be headers only (then `raw`
+        is given): the body is read here when the handling depends on it, else later by
+        `follow_up`."""
         now = utcnow()
         twin = inbox.find_processed_twin(s, row)
         if twin is not None:
@@ -214,13 +293,13 @@ class Pipeline:
 
         settings = self.settings
         classification = classify(mail, row.envelope_from, settings.desk_addresses())
+        sender = self._identify(mail, row)
+        if mail.headers_only and self._needs_body(classification, sender):
+            assert raw is not None
+            mail = parse_message(raw)
+            classification = classify(mail, row.envelope_from, settings.desk_addresses())
+            sender = self._identify(mail, row)
         recipients = _recipients(row, mail)
-        sender = identify(
-            mail, agents=settings.agent_addresses(), recipients=recipients,
-            desk_addresses=self.policy.desk_addresses, secret=settings.desk.secret,
-            trusted_authserv_ids=settings.security.trusted_authserv_id,
-            auth_results=[h for h in [mail.header("authentication-results")] if h],
-        )
         lookup = SessionLookup(s)
         decision = decide_thread(
             mail, recipients=recipients, sender=sender, lookup=lookup, policy=self.policy,
@@ -248,6 +327,14 @@ class Pipeline:
         )
         inbox.mark(s, row.id, InboxState.PROCESSED, reason=decision.reason,
                    ticket_id=stored.ticket_id, entry_id=stored.entry_id, now=now)
+        log.info("inbox %s <%s>: ticket #%s (%s)", row.id, mail.message_id or "",
+                 stored.ticket_id, decision.rule.value)
+        if mail.headers_only:
+            deferred.add(s, inbox_id=row.id, entry_id=stored.entry_id,
+                         new_ticket=stored.new_ticket, reply_templates=fired.reply_templates,
+                         notify=fired.notify, now=now)
+            return (Outcome(row.id, InboxState.PROCESSED, stored.ticket_id, stored.entry_id,
+                            decision.reason), (classification, sender, decision, []))
         change = Change(
             inbox_id=row.id, mail=mail, envelope_from=row.envelope_from,
             classification=classification, sender=sender, decision=decision,
@@ -255,11 +342,25 @@ class Pipeline:
             new_ticket=stored.new_ticket, now=now, rules=fired,
         )
         actions = [line for r in reactors for line in r.react(s, change)]
-        log.info("inbox %s <%s>: ticket #%s (%s)", row.id, mail.message_id or "",
-                 stored.ticket_id, decision.rule.value)
         return (Outcome(row.id, InboxState.PROCESSED, stored.ticket_id, stored.entry_id,
                         decision.reason), (classification, sender, decision, actions))
 
+
+    def _identify(self, mail: ParsedMail, row: inbox.Envelope) -> Sender:
+        settings = self.settings
+        return identify(
+            mail, agents=settings.agent_addresses(), recipients=_recipients(row, mail),
+            desk_addresses=self.policy.desk_addresses, secret=settings.desk.secret,
+            trusted_authserv_ids=settings.security.trusted_authserv_id,
+            auth_results=[h for h in [mail.header("authentication-results")] if h],
+        )
+
+    def _needs_body(self, classification: Classification, sender: Sender) -> bool:
+        """Must this message be read whole before it is stored? Automatic mail (a bounce
+        is read from its report), agent mail, and mail the rules read the body of."""
+        if classification.automatic or classification.bounce or sender.is_agent:
+            return True
+        return self.rules_read_body
 
     def _rules(
         self, mail: ParsedMail, classification: Classification, sender: Sender,

@@ -29,6 +29,11 @@ def _value_match(m: Match | None, value: str | None) -> bool:
     return m is None or (value is not None and m.matches(value))
 
 
+def read_body(rules: Sequence[Rule]) -> bool:
+    """Does any rule look at the body? Then messages are read whole before rules run."""
+    return any(rule.when.body is not None for rule in rules)
+
+
 def holds(when: RuleWhen, mail: ParsedMail, ctx: RuleContext) -> bool:
     return (
         _addresses_match(when.from_, [mail.from_addr] if mail.from_addr else [])

@@ -5,6 +5,9 @@ milliseconds, not on the next tick. The loop also polls every `poll` seconds, wh
 picks up messages queued by `maildesk ingest --queue`, by another node, or left queued
 by a crash (their lease runs out). Messages are claimed in batches and processed in one
 transaction each (`Pipeline.process_batch`): under load many messages share a commit.
+Most are stored from their headers; their follow-ups (body, attachments, outgoing mail:
+`Pipeline.follow_up`) run when no new message is waiting, or at the latest `max_defer`
+after the last ones.
 
 Intake goes first. The daemon is one process, so processing and SMTP share one CPU's
 worth of Python, and on SQLite a processing transaction makes SMTP commits wait. While
@@ -67,6 +70,7 @@ class Worker(BackgroundLoop):
         self._lock = threading.Lock()
         self._held: list[int] = []  # claimed, not yet processed
         self._full = False  # the last claim filled a whole batch
+        self._followed_up = time.monotonic()  # when follow-ups last ran (or found none)
 
     def wake(self, committed: Sequence[int] = ()) -> None:
         """New messages are committed: process them now. Safe from any thread."""
@@ -86,6 +90,8 @@ class Worker(BackgroundLoop):
     def run_once(self) -> list[Outcome]:
         """Claim one batch and process it; [] when nothing is queued."""
         limit = self.batch if self._wait_for_intake() else self.catch_up
+        if time.monotonic() - self._followed_up > self.max_defer:
+            self._follow_up(limit)  # new mail never keeps follow-ups waiting longer
         # A batch whose transaction failed (database outage) is still leased to us:
         # take it up again first instead of letting it wait out the lease.
         ids = self._held or inbox.claim(self.db, limit=limit)
@@ -127,14 +133,28 @@ class Worker(BackgroundLoop):
         self._burst = False
         return True
 
+    def follow_up_once(self) -> int:
+        """One batch of follow-ups (bodies and outgoing mail of messages stored from their
+        headers), after the same wait for intake; 0 when none is waiting."""
+        return self._follow_up(self.batch if self._wait_for_intake() else self.catch_up)
+
+    def _follow_up(self, limit: int) -> int:
+        done = self.pipeline.follow_up(limit=limit)
+        self._followed_up = time.monotonic()
+        self._full = done >= limit
+        if done:
+            self.after_batch()
+        return done
+
     def run_until_empty(self) -> int:
-        """Process batches until none is left; returns how many messages were processed."""
+        """Process batches, then follow-ups, until none is left; returns how many messages
+        were processed (follow-ups not counted)."""
         n = 0
         while not self._stop.is_set():
             outcomes = self.run_once()
-            if not outcomes:
-                break
             n += len(outcomes)
+            if not outcomes and not self.follow_up_once():
+                break
         return n
 
     @property

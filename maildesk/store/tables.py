@@ -92,6 +92,25 @@ class EntryRow(SQLModel, table=True):
     thread_reason: str = ""
 
 
+class DeferredRow(SQLModel, table=True):
+    """A stored message whose body and outgoing mail are still to do.
+
+    Processing threads and stores a message from its headers alone and writes this row
+    in the same transaction; the follow-up (Pipeline.follow_up) reads the whole message,
+    fills the entry's body and attachments, queues its outgoing mail and deletes the row,
+    again in one transaction. The facts the mail depends on are kept here as they were
+    when the message was stored."""
+
+    __tablename__ = "deferred"
+
+    inbox_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    entry_id: int
+    new_ticket: bool
+    reply_templates: str = ""  # rules' reply_template names, space-separated
+    notify: str = ""  # rules' notify addresses, space-separated
+    created_at: datetime
+
+
 class MessageRefRow(SQLModel, table=True):
     """Every id a ticket knows: its messages' own ids, the ids they reference,
     and Outlook Thread-Index roots. Threading looks a new message's ids up here,

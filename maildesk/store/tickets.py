@@ -236,11 +236,22 @@ def add_entry(
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (ticket_id, inbox_id, kind.value, from_addr, subject, body, r.time(now), message_id,
          verified, thread_rule, thread_reason))
-    r.many("INSERT INTO attachment (entry_id, filename, content_type, size, sha256, data)"
-           " VALUES (?, ?, ?, ?, ?, ?)",
-           [(entry_id, a.filename, a.content_type, a.size, hashlib.sha256(a.data).hexdigest(),
-             a.data) for a in attachments])
+    _add_attachments(s, entry_id, attachments)
     return entry_id
+
+
+def fill_entry(s: Session, entry_id: int, *, body: str,
+               attachments: Sequence[Attachment] = ()) -> None:
+    """The body and attachments of an entry stored from its message's headers alone."""
+    raw(s).run("UPDATE entry SET body = ? WHERE id = ?", (body, entry_id))
+    _add_attachments(s, entry_id, attachments)
+
+
+def _add_attachments(s: Session, entry_id: int, attachments: Sequence[Attachment]) -> None:
+    raw(s).many("INSERT INTO attachment (entry_id, filename, content_type, size, sha256, data)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(entry_id, a.filename, a.content_type, a.size,
+                  hashlib.sha256(a.data).hexdigest(), a.data) for a in attachments])
 
 
 def link(s: Session, a: int, b: int, reason: str) -> None:
