@@ -30,7 +30,7 @@ from maildesk.outbound.render import Templates
 from maildesk.outbound.sender import Sender
 from maildesk.outbound.transports import make_transport
 from maildesk.store import Database, StoreUnavailable, outbox, tickets
-from maildesk.worker import Worker
+from maildesk.worker import FOLLOW_UP_QUIET, Worker
 
 log = logging.getLogger("maildesk.service")
 SHIPPED_TEMPLATES = ("ack", "solved", "command_error", "agent_reply", "new_ticket_agent",
@@ -70,7 +70,8 @@ class Service:
         self.db: Database = open_database(settings)
         self.sender = Sender(self.db, lambda: make_transport(self.settings.outbound),
                              max_retry=settings.outbound.max_retry,
-                             yield_to=lambda: self.worker.backlogged or self._intake_busy())
+                             yield_to=lambda: self.worker.backlogged
+                             or self._intake_busy(FOLLOW_UP_QUIET))
         self.smtp: SmtpIntake | None = None
         self.worker = Worker(self.db, build_pipeline(settings, self.db),
                              after_batch=self.sender.wake, yield_to=self._intake_busy)
@@ -160,8 +161,8 @@ class Service:
         self._start_imap(new)
         log.info("SIGHUP: reloaded rules, agents, queues and templates from %s", self.config_path)
 
-    def _intake_busy(self) -> bool:
-        return self.smtp is not None and self.smtp.busy()
+    def _intake_busy(self, quiet: float) -> bool:
+        return self.smtp is not None and self.smtp.busy(quiet)
 
     def _healthy(self) -> bool:
         return self.worker.alive and self.sender.alive and not self._stopping.is_set()

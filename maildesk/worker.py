@@ -41,6 +41,11 @@ FORGET_AFTER_COUNT = 10_000
 FORGET_AFTER_SECONDS = 600.0
 INTAKE_POLL = 0.001  # seconds between looks at a busy intake
 BURST_POLL = 0.01  # the same in a burst, when the wait may last max_defer
+# How long intake must have been quiet (no DATA answered) before a batch of new mail, and
+# before a batch of follow-ups: a client sending mail after mail starts the next one within
+# a millisecond; follow-ups, ten times the work of a new message, wait for a real pause.
+NEW_MAIL_QUIET = 0.001
+FOLLOW_UP_QUIET = 0.005
 
 
 class Worker(BackgroundLoop):
@@ -49,7 +54,7 @@ class Worker(BackgroundLoop):
     def __init__(
         self, db: Database, pipeline: Pipeline, *, batch: int = 32, catch_up: int = 64,
         poll: float = 1.0, linger: float = 0.01, after_batch: Callable[[], None] | None = None,
-        yield_to: Callable[[], bool] | None = None, max_defer: float = 10.0,
+        yield_to: Callable[[float], bool] | None = None, max_defer: float = 10.0,
         short_defer: float = 0.05,
     ) -> None:
         super().__init__()
@@ -61,8 +66,9 @@ class Worker(BackgroundLoop):
         self.linger = linger  # after a wake-up, let concurrent messages join the batch
         self._busy = False  # the last batch had company: messages are arriving together
         self.after_batch = after_batch or (lambda: None)
-        # Intake goes first (see the module docstring).
-        self.yield_to = yield_to or (lambda: False)
+        # Intake goes first (see the module docstring): is it busy, or has it answered a
+        # DATA less than the given seconds ago?
+        self.yield_to = yield_to or (lambda quiet: False)
         self.max_defer = max_defer
         self.short_defer = short_defer
         self._burst = False  # the last wait for intake ran out
@@ -71,10 +77,12 @@ class Worker(BackgroundLoop):
         self._held: list[int] = []  # claimed, not yet processed
         self._full = False  # the last claim filled a whole batch
         self._followed_up = time.monotonic()  # when follow-ups last ran (or found none)
+        self._new_mail = False  # woken with committed messages since the last claim
 
     def wake(self, committed: Sequence[int] = ()) -> None:
         """New messages are committed: process them now. Safe from any thread."""
         if committed:
+            self._new_mail = True
             t = time.monotonic()
             with self._lock:
                 self._committed.update(dict.fromkeys(committed, t))
@@ -89,11 +97,12 @@ class Worker(BackgroundLoop):
 
     def run_once(self) -> list[Outcome]:
         """Claim one batch and process it; [] when nothing is queued."""
-        limit = self.batch if self._wait_for_intake() else self.catch_up
+        limit = self.batch if self._wait_for_intake(NEW_MAIL_QUIET) else self.catch_up
         if time.monotonic() - self._followed_up > self.max_defer:
             self._follow_up(limit)  # new mail never keeps follow-ups waiting longer
         # A batch whose transaction failed (database outage) is still leased to us:
         # take it up again first instead of letting it wait out the lease.
+        self._new_mail = False
         ids = self._held or inbox.claim(self.db, limit=limit)
         if not ids:
             self._full = False
@@ -116,16 +125,19 @@ class Worker(BackgroundLoop):
         self.after_batch()
         return outcomes
 
-    def _wait_for_intake(self) -> bool:
+    def _wait_for_intake(self, quiet: float, give_way: bool = False) -> bool | None:
         """Wait while intake is busy, until the oldest message we know of has waited
         `short_defer`, or `max_defer` in a burst, since its commit. True when intake is
-        idle (a normal batch), False when the wait ran out (a catch-up batch)."""
+        idle (a normal batch), False when the wait ran out (a catch-up batch); with
+        `give_way`, None as soon as a new message is committed."""
         with self._lock:
             oldest = min(self._committed.values(), default=time.monotonic())
         deadline = oldest + (self.max_defer if self._burst else self.short_defer)
         # Each look at intake takes the GIL from the event loop: in a burst, look less often.
         pause = BURST_POLL if self._burst else INTAKE_POLL
-        while self.yield_to():
+        while self.yield_to(quiet):
+            if give_way and self._new_mail:
+                return None
             if time.monotonic() >= deadline or self._stop.is_set():
                 self._burst = True
                 return False
@@ -133,10 +145,15 @@ class Worker(BackgroundLoop):
         self._burst = False
         return True
 
-    def follow_up_once(self) -> int:
+    def follow_up_once(self) -> int | None:
         """One batch of follow-ups (bodies and outgoing mail of messages stored from their
-        headers), after the same wait for intake; 0 when none is waiting."""
-        return self._follow_up(self.batch if self._wait_for_intake() else self.catch_up)
+        headers), once intake has paused for FOLLOW_UP_QUIET (within the same bounds as
+        new mail); 0 when none is waiting, None when new mail came meanwhile: it goes
+        first."""
+        idle = self._wait_for_intake(FOLLOW_UP_QUIET, give_way=True)
+        if idle is None:
+            return None
+        return self._follow_up(self.batch if idle else self.catch_up)
 
     def _follow_up(self, limit: int) -> int:
         done = self.pipeline.follow_up(limit=limit)
@@ -153,7 +170,7 @@ class Worker(BackgroundLoop):
         while not self._stop.is_set():
             outcomes = self.run_once()
             n += len(outcomes)
-            if not outcomes and not self.follow_up_once():
+            if not outcomes and self.follow_up_once() == 0:
                 break
         return n
 

@@ -143,7 +143,7 @@ def test_a_follow_up_left_by_a_crash_runs_after_the_restart(desk: Desk,
 
     again = Desk.open(config_path)
     try:
-        worker = Worker(again.db, again.pipeline, yield_to=lambda: False)
+        worker = Worker(again.db, again.pipeline, yield_to=lambda quiet: False)
         assert worker.run_until_empty() == 0  # no new message; the follow-up still runs
         [entry] = again.entries(outcome.ticket_id or 0)
         assert entry.body == "The invoice is attached." and len(entry.attachments) == 1
@@ -155,7 +155,7 @@ def test_a_follow_up_left_by_a_crash_runs_after_the_restart(desk: Desk,
 def test_follow_ups_wait_for_new_mail_but_not_for_ever(tmp_path: Path) -> None:
     desk = Desk.open(write_config(tmp_path, f"sqlite:///{tmp_path}/w.db"))
     try:
-        worker = Worker(desk.db, desk.pipeline, batch=1, yield_to=lambda: False,
+        worker = Worker(desk.db, desk.pipeline, batch=1, yield_to=lambda quiet: False,
                         max_defer=0.3, short_defer=0.01)
         _queued(desk, *[message(msgid=f"<s{n}@customer.example>", subject=f"s{n}")
                         for n in range(3)])

@@ -15,8 +15,8 @@ import pytest
 from maildesk.domain import Source
 from maildesk.identity import content_hash, header_message_id
 from maildesk.pipeline import Outcome
-from maildesk.store import inbox
-from maildesk.worker import Worker
+from maildesk.store import inbox, outbox
+from maildesk.worker import NEW_MAIL_QUIET, Worker
 from tests.helpers import Desk, message, write_config
 
 
@@ -48,14 +48,14 @@ def _run_once(worker: Worker) -> tuple[list[int], float]:
 
 
 def test_idle_intake_means_a_normal_batch_at_once(desk: Desk) -> None:
-    worker = Worker(desk.db, desk.pipeline, batch=2, catch_up=50, yield_to=lambda: False)
+    worker = Worker(desk.db, desk.pipeline, batch=2, catch_up=50, yield_to=lambda quiet: False)
     ids = _queue(desk, 5, worker)
     done, waited = _run_once(worker)
     assert done == ids[:2] and waited < 0.5  # `batch`, not `catch_up`, and no wait
 
 
 def test_busy_intake_holds_batches_short_then_long_in_a_burst(desk: Desk) -> None:
-    worker = Worker(desk.db, desk.pipeline, batch=2, catch_up=50, yield_to=lambda: True,
+    worker = Worker(desk.db, desk.pipeline, batch=2, catch_up=50, yield_to=lambda quiet: True,
                     short_defer=0.2, max_defer=0.8)
     ids = _queue(desk, 5, worker)
     done, waited = _run_once(worker)
@@ -71,9 +71,27 @@ def test_busy_intake_holds_batches_short_then_long_in_a_burst(desk: Desk) -> Non
 def test_a_batch_goes_as_soon_as_intake_falls_quiet(desk: Desk) -> None:
     busy = threading.Event()
     busy.set()
-    worker = Worker(desk.db, desk.pipeline, batch=32, yield_to=busy.is_set, max_defer=30,
-                    short_defer=30)
+    worker = Worker(desk.db, desk.pipeline, batch=32, yield_to=lambda quiet: busy.is_set(),
+                    max_defer=30, short_defer=30)
     ids = _queue(desk, 3, worker)
     threading.Timer(0.2, busy.clear).start()
     done, waited = _run_once(worker)
     assert done == ids and 0.15 <= waited < 5
+
+
+def test_follow_ups_wait_for_a_longer_pause_and_give_way_to_new_mail(desk: Desk) -> None:
+    """Intake pauses for a millisecond between two messages of one client: enough for new
+    mail, not for follow-ups (ten times the work), which also step aside for new mail."""
+    pausing = threading.Event()  # intake quiet long enough for follow-ups too
+    worker = Worker(desk.db, desk.pipeline, short_defer=30, max_defer=30,
+                    yield_to=lambda quiet: quiet > NEW_MAIL_QUIET and not pausing.is_set())
+    first = _queue(desk, 2, worker)
+    assert [o.inbox_id for o in worker.run_once()] == first  # new mail goes at once
+    threading.Timer(0.2, lambda: _queue(desk, 1, worker)).start()
+    started = time.monotonic()
+    assert worker.follow_up_once() is None  # it waited, then gave way to the new message
+    assert 0.15 <= time.monotonic() - started < 5
+    assert len(worker.run_once()) == 1
+    pausing.set()
+    assert worker.follow_up_once() == 3  # a real pause: all three follow-ups
+    assert len(outbox.list_items(desk.db)) == 3 * 3  # an ack and two agent notifications each

@@ -263,13 +263,13 @@ class SmtpIntake:
         log.info("SMTP intake listening on %s:%s", sock[0], sock[1])
         return str(sock[0]), int(sock[1])
 
-    def busy(self) -> bool:
+    def busy(self, quiet: float = QUIET) -> bool:
         """Is a client in the middle of sending: a received message waiting for its commit,
         a session between MAIL FROM and the end of its DATA, or a DATA answered less than
-        QUIET seconds ago (a client sending mail after mail starts the next one at once)?
+        `quiet` seconds ago (a client sending mail after mail starts the next one at once)?
         The worker asks before each batch, from its own thread (a copy of the set, and a
         retry-free answer if it changes meanwhile)."""
-        if self.handler.in_flight or time.monotonic() - self.handler.last_answer < QUIET:
+        if self.handler.in_flight or time.monotonic() - self.handler.last_answer < quiet:
             return True
         try:
             return any(c.in_transaction for c in list(self.connections.live))
