@@ -186,7 +186,7 @@ class Pipeline:
         `failures`; without it (two statements and some bookkeeping less per message), an
         exception rolls back the whole batch."""
         outcomes: dict[int, Outcome] = {}
-        with self.db.write() as s:
+        with self.db.write(durable=False) as s:
             self.db.lock_threading(s)
             envelopes = inbox.load_envelopes(s, list(parsed))
             for i, mail in parsed.items():
@@ -206,7 +206,7 @@ class Pipeline:
 
     def _follow_up_batch(self, mails: dict[int, ParsedMail], *, isolate: bool) -> int:
         done = 0
-        with self.db.write() as s:
+        with self.db.write(durable=False) as s:
             self.db.lock_threading(s)
             for item in deferred.take(s, list(mails)):
                 mail = mails[item.inbox_id]
@@ -253,7 +253,7 @@ class Pipeline:
         row = inbox.new_row(raw, source=Source.CLI, message_id=mail.message_id,
                             content_hash=content_hash(raw))
         try:
-            with self.db.write() as s:
+            with self.db.write(durable=False) as s:
                 self.db.lock_threading(s)
                 (inbox_id,) = inbox.insert_rows(session_raw(s), [row])
                 outcome, trace = self._apply(s, inbox.envelope_of(inbox_id, row), mail,

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from maildesk.store import tickets
+from maildesk.store.raw import raw
 from maildesk.store.tables import TicketRow
 from tests.helpers import Desk, message, write_config
 
@@ -34,3 +35,20 @@ def test_raw_writes_read_back_through_the_orm_with_the_same_times(
     assert (orm.status, orm.requester, orm.agent_touched) == (
         raw.status, raw.requester, raw.agent_touched)
     desk.db.dispose()
+
+
+def test_only_processing_commits_skip_waiting_for_the_disk(tmp_path: Path, db_url: str) -> None:
+    """Intake, the sender and the CLI commit durably; processing, which can be done again
+    from the committed inbox, does not wait for the disk (store/db.Database.write)."""
+    desk = Desk.open(write_config(tmp_path, db_url))
+    sqlite = desk.db.is_sqlite
+    setting = "PRAGMA synchronous" if sqlite else "SHOW synchronous_commit"
+    waits = (2, 1) if sqlite else ("on", "off")  # FULL / NORMAL; on / off
+    try:
+        for durable, expected in zip((True, False), waits, strict=True):
+            with desk.db.write(durable=durable) as s:
+                assert raw(s).one(setting) == (expected,)
+        with desk.db.write() as s:  # the default, and nothing leaks between transactions
+            assert raw(s).one(setting) == (waits[0],)
+    finally:
+        desk.db.dispose()

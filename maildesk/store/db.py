@@ -36,11 +36,11 @@ class StoreUnavailable(Exception):
     """
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any, synchronous: str = "FULL") -> None:
     dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute(f"PRAGMA synchronous={synchronous}")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
@@ -57,18 +57,21 @@ class Database:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.engine = self._sqlite_engine(url, immediate=True, echo=echo)
+            self.lazy_engine = self._sqlite_engine(url, immediate=True, echo=echo,
+                                                   synchronous="NORMAL")
             self.read_engine = self._sqlite_engine(url, immediate=False, echo=echo)
         else:
             self.engine = create_engine(
                 url, pool_size=pool_size, pool_pre_ping=True, echo=echo,
                 connect_args={"connect_timeout": 5},
             )
-            self.read_engine = self.engine
+            self.read_engine = self.lazy_engine = self.engine
 
     @staticmethod
-    def _sqlite_engine(url: str, *, immediate: bool, echo: bool) -> Engine:
+    def _sqlite_engine(url: str, *, immediate: bool, echo: bool,
+                       synchronous: str = "FULL") -> Engine:
         engine = create_engine(url, echo=echo, connect_args={"timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", lambda c, r: _sqlite_pragmas(c, r, synchronous))
         begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
 
         @event.listens_for(engine, "begin")
@@ -78,14 +81,27 @@ class Database:
         return engine
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
+    def write(self, *, durable: bool = True) -> Iterator[Session]:
         """One write transaction: commits on success, rolls back on error.
 
         Database-side failures surface as StoreUnavailable. On SQLite the threads of one
         process take turns on a lock first: SQLite itself makes a waiting writer sleep
         1, 2, 5, 10... ms between retries, which costs the daemon (intake, worker and
-        sender all write) most of its throughput."""
-        with self._writer, self._transaction() as session:
+        sender all write) most of its throughput.
+
+        `durable=False` commits without waiting for the disk (SQLite synchronous=NORMAL,
+        PostgreSQL synchronous_commit=off), for work that can be done again from what is
+        durable: processing, whose input is the committed inbox. A power cut can undo
+        such a commit only together with everything committed after it up to the next
+        durable commit (the log is written in order, and one flush covers all of it), and
+        nothing reaches the outside world before a durable commit: a 250 or an IMAP
+        flag follows intake's commit, a send follows the sender's claim. So the undone
+        processing was never seen, and it is simply done again (its messages are queued
+        again); a process crash loses nothing either way."""
+        engine = self.engine if durable else self.lazy_engine
+        with self._writer, self._transaction(engine) as session:
+            if not durable and not self.is_sqlite:
+                session.execute(text("SET LOCAL synchronous_commit = off"))
             yield session
 
     @contextmanager
@@ -96,8 +112,8 @@ class Database:
             yield Raw(conn)
 
     @contextmanager
-    def _transaction(self) -> Iterator[Session]:
-        with _unavailable_on_error(), Session(self.engine, expire_on_commit=False) as session, \
+    def _transaction(self, engine: Engine) -> Iterator[Session]:
+        with _unavailable_on_error(), Session(engine, expire_on_commit=False) as session, \
                 session.begin():
             yield session
 
@@ -148,9 +164,8 @@ class Database:
             self.upgrade()
 
     def dispose(self) -> None:
-        self.engine.dispose()
-        if self.read_engine is not self.engine:
-            self.read_engine.dispose()
+        for engine in {self.engine, self.lazy_engine, self.read_engine}:
+            engine.dispose()
 
 
 @contextmanager
