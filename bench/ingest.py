@@ -7,9 +7,11 @@ conversations, the rest replies with In-Reply-To/References, ~10% carrying a 50-
 attachment, UTF-8 and ISO-8859-1 subjects) twice: to a bare aiosmtpd server that only
 writes and fsyncs each message, and to a real `maildesk serve` on a fresh SQLite
 database. It prints accepted msg/s (first DATA to last 250), end-to-end msg/s (first DATA
-to last ticket committed), both as a ratio of the bare server, the latency from 250 to
-ticket at a paced `--rate`, and the daemon's peak RSS. `--pipe N` also feeds N messages
-through `maildesk ingest --queue`, one process per message, next to a running daemon.
+to last ticket committed), mail-queued msg/s (first DATA to the last follow-up done: body
+filled in, outgoing mail in the outbox), each as a ratio of the bare server, the latency
+from 250 to ticket and to mail queued at a paced `--rate`, and the daemon's peak RSS.
+`--pipe N` also feeds N messages through `maildesk ingest --queue`, one process per
+message, next to a running daemon.
 """
 
 from __future__ import annotations
@@ -259,43 +261,51 @@ class Daemon:
 
 
 class Progress:
-    """Polls the inbox for processed messages; the worker takes them in id order, so the
-    k-th smallest id is done when k messages are."""
+    """Polls the database for two counts: messages processed (their ticket committed) and,
+    of those, settled (their follow-up done too: body filled in, outgoing mail queued).
+    The worker takes both in inbox id order, so the k-th smallest id is done when k are."""
+
+    SQL = ("SELECT (SELECT count(*) FROM inbox WHERE state != 'queued'),"
+           " (SELECT count(*) FROM deferred)")
 
     def __init__(self, db: Path) -> None:
         self.db = db
-        self.marks: list[tuple[float, int]] = []
+        self.marks: list[tuple[float, int, int]] = []  # (time, processed, settled)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         conn = sqlite3.connect(self.db, timeout=30)
-        last = 0
+        last = (0, 0)
         while not self._stop.is_set():
-            (count,) = conn.execute("SELECT count(*) FROM inbox WHERE state != 'queued'").fetchone()
-            if count != last:
-                self.marks.append((time.time(), count))
-                last = count
+            processed, waiting = conn.execute(self.SQL).fetchone()
+            if (processed, processed - waiting) != last:
+                last = (processed, processed - waiting)
+                self.marks.append((time.time(), *last))
             time.sleep(0.002)
         conn.close()
 
-    def wait_for(self, n: int, timeout: float = 600) -> float:
+    def wait_for(self, n: int, timeout: float = 600) -> tuple[float, float]:
+        """When the n-th ticket was committed, and when the n-th follow-up was done."""
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if self.marks and self.marks[-1][1] >= n:
+            if self.marks and self.marks[-1][2] >= n:
                 self._stop.set()
-                return self.marks[-1][0]
+                return self._first(n, 1), self._first(n, 2)
             time.sleep(0.01)
-        raise RuntimeError(f"only {self.marks[-1][1] if self.marks else 0} of {n} processed")
+        raise RuntimeError(f"only {self.marks[-1][1:] if self.marks else 0} of {n} done")
 
-    def done_at(self, ids: list[int]) -> dict[int, float]:
+    def _first(self, n: int, column: int) -> float:
+        return next(mark[0] for mark in self.marks if mark[column] >= n)
+
+    def done_at(self, ids: list[int], column: int = 1) -> dict[int, float]:
         out: dict[int, float] = {}
         ordered = sorted(ids)
         k = 0
-        for t, count in self.marks:
-            while k < min(count, len(ordered)):
-                out[ordered[k]] = t
+        for mark in self.marks:
+            while k < min(mark[column], len(ordered)):
+                out[ordered[k]] = mark[0]
                 k += 1
         return out
 
@@ -304,8 +314,11 @@ class Progress:
 class Figures:
     accepted: float
     e2e: float
+    settled: float  # first DATA to the last follow-up (body, outgoing mail) done
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
+    mail_p50_ms: float = float("nan")  # 250 to outgoing mail queued
+    mail_p99_ms: float = float("nan")
     rss_mb: float = float("nan")
 
 
@@ -316,9 +329,9 @@ def maildesk_run(messages: list[bytes], connections: int, rate: float | None) ->
         try:
             progress = Progress(daemon.db)
             sent = send_all(daemon.port, messages, connections, rate)
-            last = progress.wait_for(len(sent.accepted))
-            done = progress.done_at(list(sent.accepted))
-            lat = sorted((done[i] - t) * 1000 for i, t in sent.accepted.items() if i in done)
+            last, settled = progress.wait_for(len(sent.accepted))
+            lat = _latencies(sent, progress.done_at(list(sent.accepted)))
+            mail_lat = _latencies(sent, progress.done_at(list(sent.accepted), column=2))
             rss = daemon.peak_rss_mb()
         finally:
             code = daemon.stop()
@@ -326,7 +339,13 @@ def maildesk_run(messages: list[bytes], connections: int, rate: float | None) ->
             raise RuntimeError(f"daemon exit {code}, {sent.errors} messages not accepted")
         n = len(sent.accepted)
         return Figures(n / (sent.last_250 - sent.first_data), n / (last - sent.first_data),
-                       _pct(lat, 50), _pct(lat, 99), rss)
+                       n / (settled - sent.first_data), _pct(lat, 50), _pct(lat, 99),
+                       _pct(mail_lat, 50), _pct(mail_lat, 99), rss)
+
+
+def _latencies(sent: Sent, done: dict[int, float]) -> list[float]:
+    """Milliseconds from each 250 to `done`, sorted."""
+    return sorted((done[i] - t) * 1000 for i, t in sent.accepted.items() if i in done)
 
 
 def pipe_run(messages: list[bytes], parallel: int) -> tuple[float, float]:
@@ -358,7 +377,7 @@ def pipe_run(messages: list[bytes], parallel: int) -> tuple[float, float]:
             for t in threads:
                 t.join()
             stored = time.time()
-            last = progress.wait_for(len(messages))
+            last, _ = progress.wait_for(len(messages))
         finally:
             daemon.stop()
     return len(messages) / (stored - start), len(messages) / (last - start)
@@ -389,15 +408,19 @@ def main() -> None:
         runs = [maildesk_run(messages, c, None) for _ in range(args.runs)]
         acc = statistics.median(r.accepted for r in runs)
         e2e = statistics.median(r.e2e for r in runs)
+        settled = statistics.median(r.settled for r in runs)
         rss = max(r.rss_mb for r in runs)
         print(f"{c} connection(s): bare server {bare:6.1f} msg/s | maildesk accepted {acc:6.1f} "
               f"msg/s ({acc / bare:.2f}x), end to end {e2e:6.1f} msg/s ({e2e / bare:.2f}x), "
+              f"mail queued {settled:6.1f} msg/s ({settled / bare:.2f}x), "
               f"peak RSS {rss:.0f} MB")
     paced = messages[: args.latency_messages]
     lat = [maildesk_run(paced, 1, args.rate) for _ in range(args.runs)]
-    print(f"latency 250 -> ticket at {args.rate:.0f} msg/s ({len(paced)} messages): "
+    print(f"latency at {args.rate:.0f} msg/s ({len(paced)} messages): 250 -> ticket "
           f"p50 {statistics.median(r.p50_ms for r in lat):.1f} ms, "
-          f"p99 {statistics.median(r.p99_ms for r in lat):.1f} ms, "
+          f"p99 {statistics.median(r.p99_ms for r in lat):.1f} ms; 250 -> mail queued "
+          f"p50 {statistics.median(r.mail_p50_ms for r in lat):.1f} ms, "
+          f"p99 {statistics.median(r.mail_p99_ms for r in lat):.1f} ms; "
           f"peak RSS {max(r.rss_mb for r in lat):.0f} MB")
     if args.pipe:
         piped = messages[: args.pipe]
