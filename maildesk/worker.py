@@ -6,8 +6,9 @@ picks up messages queued by `maildesk ingest --queue`, by another node, or left 
 by a crash (their lease runs out). Messages are claimed in batches and processed in one
 transaction each (`Pipeline.process_batch`): under load many messages share a commit.
 Most are stored from their headers; their follow-ups (body, attachments, outgoing mail:
-`Pipeline.follow_up`) run when no new message is waiting, or at the latest `max_defer`
-after the last ones.
+`Pipeline.follow_up`) run when no new message is waiting and intake has paused, and
+before new mail once the oldest has waited `max_defer`: under sustained load they keep
+pace instead of piling up.
 
 Intake goes first. The daemon is one process, so processing and SMTP share one CPU's
 worth of Python, and on SQLite a processing transaction makes SMTP commits wait. While
@@ -32,7 +33,8 @@ from maildesk import metrics
 from maildesk.background import BackgroundLoop
 from maildesk.domain import InboxState
 from maildesk.pipeline import Outcome, Pipeline
-from maildesk.store import Database, StoreUnavailable, inbox
+from maildesk.store import Database, StoreUnavailable, deferred, inbox
+from maildesk.store.inbox import utcnow
 
 log = logging.getLogger(__name__)
 # Commit times of messages another node processed (PostgreSQL) are never popped here:
@@ -76,7 +78,6 @@ class Worker(BackgroundLoop):
         self._lock = threading.Lock()
         self._held: list[int] = []  # claimed, not yet processed
         self._full = False  # the last claim filled a whole batch
-        self._followed_up = time.monotonic()  # when follow-ups last ran (or found none)
         self._new_mail = False  # woken with committed messages since the last claim
 
     def wake(self, committed: Sequence[int] = ()) -> None:
@@ -98,8 +99,9 @@ class Worker(BackgroundLoop):
     def run_once(self) -> list[Outcome]:
         """Claim one batch and process it; [] when nothing is queued."""
         limit = self.batch if self._wait_for_intake(NEW_MAIL_QUIET) else self.catch_up
-        if time.monotonic() - self._followed_up > self.max_defer:
-            self._follow_up(limit)  # new mail never keeps follow-ups waiting longer
+        while self._follow_ups_overdue():  # new mail never keeps them waiting longer
+            if not self._follow_up(self.catch_up):
+                break
         # A batch whose transaction failed (database outage) is still leased to us:
         # take it up again first instead of letting it wait out the lease.
         self._new_mail = False
@@ -155,9 +157,12 @@ class Worker(BackgroundLoop):
             return None
         return self._follow_up(self.batch if idle else self.catch_up)
 
+    def _follow_ups_overdue(self) -> bool:
+        oldest = deferred.oldest(self.db)
+        return oldest is not None and (utcnow() - oldest).total_seconds() > self.max_defer
+
     def _follow_up(self, limit: int) -> int:
         done = self.pipeline.follow_up(limit=limit)
-        self._followed_up = time.monotonic()
         self._full = done >= limit
         if done:
             self.after_batch()

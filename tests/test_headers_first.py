@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.policy
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from maildesk.identity import content_hash, header_message_id
 from maildesk.outbound.react import OutboundReactor
 from maildesk.pipeline import Pipeline
 from maildesk.store import deferred, inbox
+from maildesk.store.raw import raw
 from maildesk.worker import Worker
 from tests.helpers import Desk, message, write_config
 from tests.test_outbound import parsed, rows
@@ -155,17 +157,20 @@ def test_a_follow_up_left_by_a_crash_runs_after_the_restart(desk: Desk,
 def test_follow_ups_wait_for_new_mail_but_not_for_ever(tmp_path: Path) -> None:
     desk = Desk.open(write_config(tmp_path, f"sqlite:///{tmp_path}/w.db"))
     try:
-        worker = Worker(desk.db, desk.pipeline, batch=1, yield_to=lambda quiet: False,
-                        max_defer=0.3, short_defer=0.01)
+        worker = Worker(desk.db, desk.pipeline, batch=1, catch_up=1, max_defer=10,
+                        yield_to=lambda quiet: False)
         _queued(desk, *[message(msgid=f"<s{n}@customer.example>", subject=f"s{n}")
-                        for n in range(3)])
+                        for n in range(4)])
         worker.run_once()
         worker.run_once()  # new mail first: the follow-ups wait
         assert deferred.count(desk.db) == 2
-        worker._followed_up -= 1.0  # as if new mail had kept it busy for a second
-        worker.run_once()  # max_defer is over: a batch of follow-ups goes first
-        assert deferred.count(desk.db) == 2  # one follow-up done, the third message stored
-        assert worker.run_until_empty() == 0 and deferred.count(desk.db) == 0
-        assert len(rows(desk, template="ack")) == 3
+        with desk.db.write() as s:  # as if new mail had kept the worker busy for 11 s
+            r = raw(s)
+            r.run("UPDATE deferred SET created_at = ?",
+                  (r.time(datetime.now(UTC) - timedelta(seconds=11)),))
+        worker.run_once()  # the overdue follow-ups go first, then one more new message
+        assert deferred.count(desk.db) == 1 and len(rows(desk, template="ack")) == 2
+        assert worker.run_until_empty() == 1 and deferred.count(desk.db) == 0
+        assert len(rows(desk, template="ack")) == 4
     finally:
         desk.db.dispose()

@@ -78,6 +78,13 @@ def take(s: Session, inbox_ids: Sequence[int]) -> list[Deferred]:
            envelope_from, envelope_to, created) in rows]
 
 
+def oldest(db: Database) -> datetime | None:
+    """When the oldest follow-up still to do was left (None: there is none)."""
+    with db.read_raw() as r:
+        found = r.one("SELECT created_at FROM deferred ORDER BY inbox_id LIMIT 1")
+        return r.read_time(found[0]) if found else None
+
+
 def done(s: Session, inbox_id: int) -> None:
     raw(s).run("DELETE FROM deferred WHERE inbox_id = ?", (inbox_id,))
 
