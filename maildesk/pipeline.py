@@ -49,6 +49,7 @@ from maildesk.rules import evaluate as evaluate_rules
 from maildesk.store import Database, StoreUnavailable, deferred, inbox, tickets
 from maildesk.store.inbox import utcnow
 from maildesk.store.raw import raw as session_raw
+from maildesk.store.raw import savepoint
 from maildesk.store.tickets import SessionLookup
 from maildesk.thread import ThreadingPolicy
 from maildesk.thread import decide as decide_thread
@@ -197,7 +198,7 @@ class Pipeline:
                     outcomes[i] = self._apply(s, env, mail, self.reactors, raws[i])[0]
                     continue
                 try:
-                    with s.begin_nested():
+                    with savepoint(s):
                         outcomes[i] = self._apply(s, env, mail, self.reactors, raws[i])[0]
                 except Exception as exc:
                     log.exception("inbox %s (%s): processing failed", i, mail.message_id)
@@ -215,12 +216,12 @@ class Pipeline:
                     done += 1
                     continue
                 try:
-                    with s.begin_nested():
+                    with savepoint(s):
                         self._follow_up_one(s, item, mail)
                 except Exception:  # the mail is lost to a bug, never the message
                     log.exception("inbox %s (%s): outgoing mail failed; the entry is kept",
                                   item.inbox_id, mail.message_id)
-                    with s.begin_nested():
+                    with savepoint(s):
                         tickets.fill_entry(s, item.entry_id, body=mail.display_body,
                                            attachments=mail.attachments)
                         deferred.done(s, item.inbox_id)

@@ -14,7 +14,8 @@ on SQLite the text "YYYY-MM-DD HH:MM:SS.ffffff" in UTC, on PostgreSQL timestampt
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -89,14 +90,23 @@ class Raw:
 def raw(session: Session) -> Raw:
     """The session's Raw, made on first use (one cursor per transaction).
 
-    Asking the session for its connection each time is what emits a pending SAVEPOINT:
-    `Session.begin_nested()` only starts it when the connection is next used."""
-    conn = session.connection()
+    Take savepoints with `savepoint()`, not `Session.begin_nested()`: SQLAlchemy emits
+    the SAVEPOINT only when the session's connection is next asked for, which this does
+    not do once the Raw exists (it cost ~6 µs a statement)."""
     found = session.info.get("raw")
     if found is None:
-        found = session.info["raw"] = Raw(conn)
+        found = session.info["raw"] = Raw(session.connection())
     assert isinstance(found, Raw)
     return found
+
+
+@contextmanager
+def savepoint(session: Session) -> Iterator[None]:
+    """A nested transaction whose SAVEPOINT is emitted at once, so the raw statements
+    that follow run inside it: rolled back alone when the block raises."""
+    with session.begin_nested():
+        session.connection()
+        yield
 
 
 def placeholders(n: int) -> str:
