@@ -174,3 +174,21 @@ def test_follow_ups_wait_for_new_mail_but_not_for_ever(tmp_path: Path) -> None:
         assert len(rows(desk, template="ack")) == 4
     finally:
         desk.db.dispose()
+
+
+def test_a_follow_up_of_a_ticket_merged_meanwhile_speaks_of_the_surviving_ticket(
+        desk: Desk) -> None:
+    a, b, c = _queued(
+        desk,
+        message(frm="ann@customer.example", msgid="<m1@customer.example>", subject="Login"),
+        message(frm="bob@customer.example", msgid="<m2@customer.example>", subject="Login too"),
+        message(frm="ann@customer.example", msgid="<m3@customer.example>", subject="Re: Login",
+                references=["<m1@customer.example>", "<m2@customer.example>"]))
+    first, second, third = desk.pipeline.process_batch([a, b, c])
+    assert first.ticket_id != second.ticket_id  # two tickets, then merged by the third
+    assert third.ticket_id == first.ticket_id
+    assert desk.pipeline.follow_up() == 3
+    acks = {r.recipients: parsed(r)["Subject"] for r in rows(desk, template="ack")}
+    assert set(acks) == {"ann@customer.example", "bob@customer.example"}
+    assert all(f"[MD#{first.ticket_id}]" in subject for subject in acks.values())
+    assert not any(f"[MD#{second.ticket_id}]" in parsed(r)["Subject"] for r in rows(desk))
