@@ -8,8 +8,9 @@ attachment, UTF-8 and ISO-8859-1 subjects) twice: to a bare aiosmtpd server that
 writes and fsyncs each message, and to a real `maildesk serve` on a fresh SQLite
 database. It prints accepted msg/s (first DATA to last 250), end-to-end msg/s (first DATA
 to last ticket committed), mail-queued msg/s (first DATA to the last follow-up done: body
-filled in, outgoing mail in the outbox), each as a ratio of the bare server, the latency
-from 250 to ticket and to mail queued at a paced `--rate`, and the daemon's peak RSS.
+filled in, outgoing mail in the outbox), each as a ratio of the bare server (the median
+of the ratios of paired runs: the two alternate), the latency from 250 to ticket and to
+mail queued at a paced `--rate`, and the daemon's peak RSS.
 `--pipe N` also feeds N messages through `maildesk ingest --queue`, one process per
 message, next to a running daemon.
 """
@@ -389,6 +390,13 @@ def _pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
+def _paired(runs: list[Figures], bares: list[float], name: str) -> str:
+    """The median rate, and the median of its ratios to the bare run paired with each."""
+    value = statistics.median(getattr(r, name) for r in runs)
+    ratio = statistics.median(getattr(r, name) / b for r, b in zip(runs, bares, strict=True))
+    return f"{value:6.1f} msg/s ({ratio:.2f}x)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("-n", "--messages", type=int, default=2000)
@@ -404,16 +412,18 @@ def main() -> None:
     print(f"{len(messages)} messages, {mb:.1f} MB, {os.cpu_count()} CPUs, Python "
           f"{sys.version.split()[0]}; medians of {args.runs} run(s)")
     for c in args.connections:
-        bare = statistics.median(bare_run(messages, c) for _ in range(args.runs))
-        runs = [maildesk_run(messages, c, None) for _ in range(args.runs)]
-        acc = statistics.median(r.accepted for r in runs)
-        e2e = statistics.median(r.e2e for r in runs)
-        settled = statistics.median(r.settled for r in runs)
-        rss = max(r.rss_mb for r in runs)
-        print(f"{c} connection(s): bare server {bare:6.1f} msg/s | maildesk accepted {acc:6.1f} "
-              f"msg/s ({acc / bare:.2f}x), end to end {e2e:6.1f} msg/s ({e2e / bare:.2f}x), "
-              f"mail queued {settled:6.1f} msg/s ({settled / bare:.2f}x), "
-              f"peak RSS {rss:.0f} MB")
+        # Bare and maildesk runs alternate, and each ratio is taken against the bare run
+        # just before it: this VM's disk drifts between runs more than either server does.
+        bares: list[float] = []
+        runs: list[Figures] = []
+        for _ in range(args.runs):
+            bares.append(bare_run(messages, c))
+            runs.append(maildesk_run(messages, c, None))
+        print(f"{c} connection(s): bare server {statistics.median(bares):6.1f} msg/s | "
+              f"maildesk accepted {_paired(runs, bares, 'accepted')}, "
+              f"end to end {_paired(runs, bares, 'e2e')}, "
+              f"mail queued {_paired(runs, bares, 'settled')}, "
+              f"peak RSS {max(r.rss_mb for r in runs):.0f} MB")
     paced = messages[: args.latency_messages]
     lat = [maildesk_run(paced, 1, args.rate) for _ in range(args.runs)]
     print(f"latency at {args.rate:.0f} msg/s ({len(paced)} messages): 250 -> ticket "
