@@ -2,7 +2,7 @@
 
 Counters are process-wide; the daemon serves them with /healthz on
 `metrics.listen`. Gauges that describe the database (tickets by status,
-outbox backlog) are filled by the daemon at scrape time.
+outbox backlog, follow-ups waiting) are filled by the daemon at scrape time.
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ outbox_failed = Counter(
 )
 outbox_backlog = Gauge(
     "maildesk_outbox_backlog", "Outgoing messages waiting to be sent", registry=REGISTRY
+)
+follow_ups = Gauge(
+    "maildesk_followups_waiting",
+    "Messages stored from their headers whose body and outgoing mail are still to do",
+    registry=REGISTRY,
 )
 tickets = Gauge("maildesk_tickets", "Tickets by status", ["status"], registry=REGISTRY)
 sla_breaches = Counter("maildesk_sla_breaches", "SLA due times passed", registry=REGISTRY)

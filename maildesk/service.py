@@ -29,7 +29,7 @@ from maildesk.intake.smtp import SmtpIntake
 from maildesk.outbound.render import Templates
 from maildesk.outbound.sender import Sender
 from maildesk.outbound.transports import make_transport
-from maildesk.store import Database, StoreUnavailable, outbox, tickets
+from maildesk.store import Database, StoreUnavailable, deferred, outbox, tickets
 from maildesk.worker import FOLLOW_UP_QUIET, Worker
 
 log = logging.getLogger("maildesk.service")
@@ -228,6 +228,7 @@ class MetricsServer:
         if path == "/metrics":
             with contextlib.suppress(StoreUnavailable):
                 metrics.outbox_backlog.set(outbox.backlog(self.db))
+                metrics.follow_ups.set(deferred.count(self.db))
                 for status, n in tickets.count_by_status(self.db).items():
                     metrics.tickets.labels(status).set(n)
             return ("200 OK", *metrics.exposition())

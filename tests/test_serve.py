@@ -256,6 +256,7 @@ def test_metrics_and_health(daemon: Daemon) -> None:
         text = r.read().decode()
     assert 'maildesk_messages_received_total{source="smtp"}' in text
     assert "maildesk_outbox_backlog" in text and "maildesk_processing_latency_seconds" in text
+    assert "maildesk_followups_waiting 0.0" in text  # the ack of the message went out
     assert 'maildesk_tickets{status="new"}' in text  # filled from the database at scrape time
 
 
