@@ -231,13 +231,10 @@ class Pipeline:
     def _follow_up_one(self, s: Session, item: deferred.Deferred, mail: ParsedMail) -> None:
         tickets.fill_entry(s, item.entry_id, body=mail.display_body, attachments=mail.attachments)
         deferred.done(s, item.inbox_id)
-        settings = self.settings
-        envelope = inbox.Envelope(item.inbox_id, InboxState.PROCESSED.value, item.envelope_from,
-                                  item.envelope_to, mail.message_id, "")
-        classification = classify(mail, item.envelope_from, settings.desk_addresses())
+        classification = classify(mail, item.envelope_from, self.settings.desk_addresses())
         change = Change(
             inbox_id=item.inbox_id, mail=mail, envelope_from=item.envelope_from,
-            classification=classification, sender=self._identify(mail, envelope),
+            classification=classification, sender=self._identify(mail, item.envelope_to),
             decision=ThreadDecision(item.ticket_id, ThreadRule(item.thread_rule),
                                     item.thread_reason),
             ticket_id=item.ticket_id, entry_id=item.entry_id, entry_kind=item.entry_kind,
@@ -294,13 +291,13 @@ class Pipeline:
 
         settings = self.settings
         classification = classify(mail, row.envelope_from, settings.desk_addresses())
-        sender = self._identify(mail, row)
+        sender = self._identify(mail, row.envelope_to)
         if mail.headers_only and self._needs_body(classification, sender):
             assert raw is not None
             mail = parse_message(raw)
             classification = classify(mail, row.envelope_from, settings.desk_addresses())
-            sender = self._identify(mail, row)
-        recipients = _recipients(row, mail)
+            sender = self._identify(mail, row.envelope_to)
+        recipients = _recipients(row.envelope_to, mail)
         lookup = SessionLookup(s)
         decision = decide_thread(
             mail, recipients=recipients, sender=sender, lookup=lookup, policy=self.policy,
@@ -347,10 +344,10 @@ class Pipeline:
                         decision.reason), (classification, sender, decision, actions))
 
 
-    def _identify(self, mail: ParsedMail, row: inbox.Envelope) -> Sender:
+    def _identify(self, mail: ParsedMail, envelope_to: Sequence[str]) -> Sender:
         settings = self.settings
         return identify(
-            mail, agents=settings.agent_addresses(), recipients=_recipients(row, mail),
+            mail, agents=settings.agent_addresses(), recipients=_recipients(envelope_to, mail),
             desk_addresses=self.policy.desk_addresses, secret=settings.desk.secret,
             trusted_authserv_ids=settings.security.trusted_authserv_id,
             auth_results=[h for h in [mail.header("authentication-results")] if h],
@@ -376,9 +373,9 @@ class Pipeline:
         return evaluate_rules(self.settings.rules, mail, ctx)
 
 
-def _recipients(row: inbox.Envelope, mail: ParsedMail) -> list[str]:
+def _recipients(envelope_to: Sequence[str], mail: ParsedMail) -> list[str]:
     """Every address the message was sent to: envelope first, then headers."""
-    found = list(row.envelope_to)
+    found = list(envelope_to)
     for name in ("delivered-to", "x-original-to"):
         value = mail.header(name)
         if value:

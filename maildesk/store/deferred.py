@@ -35,7 +35,6 @@ class Deferred:
     notify: tuple[str, ...]
     envelope_from: str | None
     envelope_to: tuple[str, ...]
-    created_at: datetime
 
 
 def add(s: Session, *, inbox_id: int, entry_id: int, new_ticket: bool,
@@ -60,11 +59,10 @@ def take(s: Session, inbox_ids: Sequence[int]) -> list[Deferred]:
     next to the daemon may have done some meanwhile)."""
     if not inbox_ids:
         return []
-    r = raw(s)
-    rows = r.rows(
+    rows = raw(s).rows(
         "SELECT d.inbox_id, d.entry_id, e.ticket_id, e.kind, e.thread_rule, e.thread_reason,"
-        " d.new_ticket, d.reply_templates, d.notify, i.envelope_from, i.envelope_to,"
-        " d.created_at FROM deferred d JOIN entry e ON e.id = d.entry_id"
+        " d.new_ticket, d.reply_templates, d.notify, i.envelope_from, i.envelope_to"
+        " FROM deferred d JOIN entry e ON e.id = d.entry_id"
         " JOIN inbox i ON i.id = d.inbox_id"
         f" WHERE d.inbox_id IN ({placeholders(len(inbox_ids))}) ORDER BY d.inbox_id",
         inbox_ids)
@@ -73,9 +71,8 @@ def take(s: Session, inbox_ids: Sequence[int]) -> list[Deferred]:
         thread_rule=rule, thread_reason=reason, new_ticket=bool(new_ticket),
         reply_templates=tuple(templates.split()), notify=tuple(notify.split()),
         envelope_from=envelope_from, envelope_to=tuple(a for a in envelope_to.split(",") if a),
-        created_at=r.read_time(created) or datetime.min,
     ) for (inbox_id, entry_id, ticket_id, kind, rule, reason, new_ticket, templates, notify,
-           envelope_from, envelope_to, created) in rows]
+           envelope_from, envelope_to) in rows]
 
 
 def oldest(db: Database) -> datetime | None:
