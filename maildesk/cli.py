@@ -88,7 +88,7 @@ def _entry_json(e: EntryView) -> dict[str, Any]:
         "id": e.id, "kind": e.kind.value, "from": e.from_addr, "subject": e.subject,
         "body": e.body, "created_at": e.created_at, "message_id": e.message_id,
         "verified": e.verified, "thread_rule": e.thread_rule, "thread_reason": e.thread_reason,
-        "inbox": e.inbox_id,
+        "inbox": e.inbox_id, "pending": e.pending,
         "attachments": [{"filename": n, "content_type": t, "size": z} for n, t, z in e.attachments],
     }
 
@@ -225,7 +225,8 @@ def cmd_tickets_show(args: argparse.Namespace) -> int:
     for e in entries:
         flag = "" if e.verified is not False else " (unverified)"
         print(f"\n--- {e.kind.value}{flag} from {e.from_addr} at {e.created_at:%Y-%m-%d %H:%M} "
-              f"[{e.thread_rule}: {e.thread_reason}]\n{e.body.strip()}")
+              f"[{e.thread_rule}: {e.thread_reason}]\n"
+              f"{'(being read: body and attachments follow)' if e.pending else e.body.strip()}")
         for name, ctype, size in e.attachments:
             print(f"  [attachment] {name} ({ctype}, {size} bytes)")
     return EX_OK

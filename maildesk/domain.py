@@ -196,6 +196,7 @@ class EntryView:
     thread_reason: str
     inbox_id: int | None
     attachments: list[tuple[str, str, int]] = field(default_factory=list)  # name, type, size
+    pending: bool = False  # stored from its headers: body and attachments still to come
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,16 @@ sees: the ticket, its entries and attachments, and the rows of the outbox."""
 from __future__ import annotations
 
 import email.policy
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from maildesk.cli import main
 from maildesk.domain import Source
 from maildesk.identity import content_hash, header_message_id
 from maildesk.outbound.react import OutboundReactor
@@ -51,21 +54,33 @@ def _with_attachment(body: str = "The invoice is attached.\n\n> old quoted text\
     return msg.as_bytes()
 
 
-def test_ticket_first_then_body_attachments_and_mail(desk: Desk) -> None:
+def _shown(config_path: Path, ticket_id: int, capsys: pytest.CaptureFixture[str]
+           ) -> dict[str, Any]:
+    assert main(["tickets", "show", str(ticket_id), "--json", "--config", str(config_path)]) == 0
+    [entry] = json.loads(capsys.readouterr().out)["entries"]
+    assert isinstance(entry, dict)
+    return entry
+
+
+def test_ticket_first_then_body_attachments_and_mail(
+        desk: Desk, config_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     [i] = _queued(desk, _with_attachment())
     [outcome] = desk.pipeline.process_batch([i])
     assert outcome.state.value == "processed" and outcome.ticket_id is not None
     ticket = desk.ticket(outcome.ticket_id)
     assert ticket.subject == "Invoice 42" and ticket.requester == "carol@customer.example"
-    [entry] = desk.entries(outcome.ticket_id)
-    assert entry.message_id == "inv42@customer.example" and entry.thread_rule == "new_ticket"
-    assert entry.body == "" and entry.attachments == []  # not read yet
+    entry = _shown(config_path, outcome.ticket_id, capsys)
+    assert entry["message_id"] == "inv42@customer.example"
+    assert entry["thread_rule"] == "new_ticket"
+    assert entry["pending"] and entry["body"] == "" and entry["attachments"] == []  # not read yet
     assert rows(desk) == [] and deferred.count(desk.db) == 1
 
     assert desk.pipeline.follow_up() == 1
-    [entry] = desk.entries(outcome.ticket_id)
-    assert entry.body == "The invoice is attached."  # the quote stripped, as always
-    assert entry.attachments == [("invoice.pdf", "application/pdf", 13)]
+    entry = _shown(config_path, outcome.ticket_id, capsys)
+    assert not entry["pending"]
+    assert entry["body"] == "The invoice is attached."  # the quote stripped, as always
+    assert entry["attachments"] == [
+        {"filename": "invoice.pdf", "content_type": "application/pdf", "size": 13}]
     [ack] = rows(desk, template="ack")
     assert parsed(ack)["In-Reply-To"] == "<inv42@customer.example>"
     assert f"[MD#{outcome.ticket_id}]" in parsed(ack)["Subject"]

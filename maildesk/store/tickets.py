@@ -23,6 +23,7 @@ from maildesk.store.db import Database
 from maildesk.store.raw import Raw, Row, placeholders, raw
 from maildesk.store.tables import (
     AttachmentRow,
+    DeferredRow,
     EntryRow,
     ParticipantRow,
     TicketLinkRow,
@@ -321,6 +322,8 @@ def entries(s: Session, ticket_id: int) -> list[EntryView]:
         select(EntryRow).where(EntryRow.ticket_id == ticket_id)
         .order_by(col(EntryRow.created_at), col(EntryRow.id))
     ).all()
+    pending = set(s.exec(select(DeferredRow.entry_id).where(
+        col(DeferredRow.entry_id).in_([r.id for r in rows]))).all()) if rows else set()
     out = []
     for r in rows:
         assert r.id is not None
@@ -331,6 +334,7 @@ def entries(s: Session, ticket_id: int) -> list[EntryView]:
             subject=r.subject, body=r.body, created_at=r.created_at, message_id=r.message_id,
             verified=r.verified, thread_rule=r.thread_rule, thread_reason=r.thread_reason,
             inbox_id=r.inbox_id, attachments=[(n, t, z) for n, t, z in atts],
+            pending=r.id in pending,
         ))
     return out
 
