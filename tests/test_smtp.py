@@ -15,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -359,5 +360,41 @@ def test_starttls_required_and_auth_offered_after_it(tmp_path: Path) -> None:
                                  message()) == {}
         assert len(stored(db)) == 1
     finally:
+        running.close()
+        db.dispose()
+
+
+def test_a_lone_message_never_stalls_the_listener_on_another_process_lock(
+        tmp_path: Path) -> None:
+    """A message alone is committed on the event loop (GroupCommitter): while another
+    process holds the SQLite write lock, that must not make the listener wait."""
+    import sqlite3
+
+    settings = load_settings(write_config(tmp_path, f"sqlite:///{tmp_path}/l.db"))
+    db = open_database(settings)
+    running = Listener(settings, db)
+    other = sqlite3.connect(tmp_path / "l.db", isolation_level=None)
+    try:
+        assert send_one(running, message(msgid="<l0@customer.example>"))[0] == 250
+        other.execute("BEGIN IMMEDIATE")  # another process writing (an `ingest --queue`)
+        result: list[tuple[int, bytes]] = []
+        sender = threading.Thread(
+            target=lambda: result.append(send_one(running, message(msgid="<l1@customer.example>"))))
+        sender.start()
+        deadline = time.monotonic() + 10
+        while running.intake.handler.in_flight == 0:  # its DATA is waiting for the commit
+            assert time.monotonic() < deadline, "the message never reached its commit"
+            time.sleep(0.005)
+        # the listener answers another client meanwhile (a stalled loop: a timeout here)
+        with smtplib.SMTP("127.0.0.1", running.port, timeout=5) as smtp:
+            assert smtp.noop()[0] == 250
+        assert not result  # the message waits for the lock, off the event loop
+        other.execute("COMMIT")
+        sender.join(30)
+        assert result and result[0][0] == 250
+        assert [r.message_id for r in stored(db)] == ["l0@customer.example",
+                                                      "l1@customer.example"]
+    finally:
+        other.close()
         running.close()
         db.dispose()

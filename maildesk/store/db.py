@@ -36,12 +36,17 @@ class StoreUnavailable(Exception):
     """
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any, synchronous: str = "FULL") -> None:
+class WouldWait(Exception):
+    """`Database.write_raw_now` would have had to wait for the write lock."""
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any, synchronous: str = "FULL",
+                    busy_ms: int = 30_000) -> None:
     dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute(f"PRAGMA synchronous={synchronous}")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={busy_ms}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
@@ -50,8 +55,9 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 5, echo: bool = False) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self._lock = threading.RLock()
         self._writer: AbstractContextManager[object] = (
-            threading.RLock() if self.is_sqlite else nullcontext())
+            self._lock if self.is_sqlite else nullcontext())
         if self.is_sqlite:
             path = url.removeprefix("sqlite:///")
             if path and path != ":memory:":
@@ -59,19 +65,22 @@ class Database:
             self.engine = self._sqlite_engine(url, immediate=True, echo=echo)
             self.lazy_engine = self._sqlite_engine(url, immediate=True, echo=echo,
                                                    synchronous="NORMAL")
+            self.nowait_engine = self._sqlite_engine(url, immediate=True, echo=echo,
+                                                     busy_ms=0)
             self.read_engine = self._sqlite_engine(url, immediate=False, echo=echo)
         else:
             self.engine = create_engine(
                 url, pool_size=pool_size, pool_pre_ping=True, echo=echo,
                 connect_args={"connect_timeout": 5},
             )
-            self.read_engine = self.lazy_engine = self.engine
+            self.read_engine = self.lazy_engine = self.nowait_engine = self.engine
 
     @staticmethod
-    def _sqlite_engine(url: str, *, immediate: bool, echo: bool,
-                       synchronous: str = "FULL") -> Engine:
-        engine = create_engine(url, echo=echo, connect_args={"timeout": 30})
-        event.listen(engine, "connect", lambda c, r: _sqlite_pragmas(c, r, synchronous))
+    def _sqlite_engine(url: str, *, immediate: bool, echo: bool, synchronous: str = "FULL",
+                       busy_ms: int = 30_000) -> Engine:
+        engine = create_engine(url, echo=echo, connect_args={"timeout": busy_ms / 1000})
+        event.listen(engine, "connect",
+                     lambda c, r: _sqlite_pragmas(c, r, synchronous, busy_ms))
         begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
 
         @event.listens_for(engine, "begin")
@@ -110,6 +119,20 @@ class Database:
         the session costs more than the insert of a message."""
         with self._writer, _unavailable_on_error(), self.engine.begin() as conn:
             yield Raw(conn)
+
+    @contextmanager
+    def write_raw_now(self) -> Iterator[Raw]:
+        """write_raw for a caller on the event loop, where a wait would stall every
+        connection: WouldWait at once when another thread of this process holds the write
+        lock, and StoreUnavailable ("database is locked") at once when another process
+        does. SQLite only (WouldWait on PostgreSQL, whose commits cross the network)."""
+        if not self.is_sqlite or not self._lock.acquire(blocking=False):
+            raise WouldWait
+        try:
+            with _unavailable_on_error(), self.nowait_engine.begin() as conn:
+                yield Raw(conn)
+        finally:
+            self._lock.release()
 
     @contextmanager
     def _transaction(self, engine: Engine) -> Iterator[Session]:
@@ -164,7 +187,7 @@ class Database:
             self.upgrade()
 
     def dispose(self) -> None:
-        for engine in {self.engine, self.lazy_engine, self.read_engine}:
+        for engine in {self.engine, self.lazy_engine, self.nowait_engine, self.read_engine}:
             engine.dispose()
 
 

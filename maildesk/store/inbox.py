@@ -86,6 +86,13 @@ _INSERT = (
     " RETURNING id")
 
 
+def add_now(db: Database, row: Incoming) -> int:
+    """Commit one raw message without waiting for any lock (Database.write_raw_now):
+    WouldWait or StoreUnavailable when it would have to."""
+    with db.write_raw_now() as r:
+        return insert_rows(r, [row])[0]
+
+
 def add_many(db: Database, rows: Sequence[Incoming]) -> list[int]:
     """Commit several raw messages in one transaction (SMTP group commit)."""
     with db.write_raw() as r:
