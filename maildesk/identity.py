@@ -57,11 +57,7 @@ def _header_text(value: str) -> str:
 
 def content_hash(raw: bytes) -> str:
     """sha256 of what survives redelivery: identity headers and body, never trace headers."""
-    try:
-        fields, body_start = header_fields(raw)
-    except Exception:
-        return hashlib.sha256(bytes(raw)).hexdigest()
-    return _content_hash(raw, fields, body_start)
+    return identity(raw)[1]
 
 
 def _content_hash(raw: bytes, fields: list[tuple[bytes, bytes]], body_start: int) -> str:

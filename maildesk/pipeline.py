@@ -222,15 +222,18 @@ class Pipeline:
                     log.exception("inbox %s (%s): outgoing mail failed; the entry is kept",
                                   item.inbox_id, mail.message_id)
                     with savepoint(s):
-                        tickets.fill_entry(s, item.entry_id, body=mail.display_body,
-                                           attachments=mail.attachments)
-                        deferred.done(s, item.inbox_id)
+                        self._fill_in(s, item, mail)
                 done += 1
         return done
 
-    def _follow_up_one(self, s: Session, item: deferred.Deferred, mail: ParsedMail) -> None:
+    @staticmethod
+    def _fill_in(s: Session, item: deferred.Deferred, mail: ParsedMail) -> None:
+        """The entry's body and attachments; the follow-up is done."""
         tickets.fill_entry(s, item.entry_id, body=mail.display_body, attachments=mail.attachments)
         deferred.done(s, item.inbox_id)
+
+    def _follow_up_one(self, s: Session, item: deferred.Deferred, mail: ParsedMail) -> None:
+        self._fill_in(s, item, mail)
         classification = classify(mail, item.envelope_from, self.settings.desk_addresses())
         change = Change(
             inbox_id=item.inbox_id, mail=mail, envelope_from=item.envelope_from,
