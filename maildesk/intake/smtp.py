@@ -30,7 +30,6 @@ from maildesk.store.inbox import Incoming
 
 log = logging.getLogger(__name__)
 MAX_GROUP = 64  # messages per group commit
-QUIET = 0.001  # seconds after a DATA answer during which intake still counts as busy
 
 
 class GroupCommitter:
@@ -275,7 +274,7 @@ class SmtpIntake:
         log.info("SMTP intake listening on %s:%s", sock[0], sock[1])
         return str(sock[0]), int(sock[1])
 
-    def busy(self, quiet: float = QUIET) -> bool:
+    def busy(self, quiet: float) -> bool:
         """Is a client in the middle of sending: a received message waiting for its commit,
         a session between MAIL FROM and the end of its DATA, or a DATA answered less than
         `quiet` seconds ago (a client sending mail after mail starts the next one at once)?
