@@ -50,7 +50,7 @@ _STATUS_CODE = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b")
 
 def parse_message(raw: bytes) -> ParsedMail:
     """Parse one message; never raises for any content."""
-    if not _huge_header_block(raw):
+    if _header_block_end(raw) >= 0:  # past that, mail-parser's header decoding is quadratic
         try:
             return _parse_with_mailparser(raw)
         except Exception:
@@ -163,7 +163,7 @@ def _build(msg: Message, plain: list[str], html: list[str], attachments: list[At
         date=date if isinstance(date, datetime) else None,
         headers=headers,
         text=text,
-        html=html_text or None,
+        html=html_text,
         display_body=display_body,
         attachments=tuple(attachments),
         dsn=dsn,
@@ -237,14 +237,6 @@ def _mailboxes(pairs: Any) -> list[tuple[str, str]]:
 
 def _addresses(pairs: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(a for _, a in _mailboxes(pairs) if "@" in a))
-
-
-def _huge_header_block(raw: bytes) -> bool:
-    if len(raw) <= _HEADER_BLOCK_LIMIT:
-        return False
-    blank_line = max(raw.find(b"\n\n", 0, _HEADER_BLOCK_LIMIT),
-                     raw.find(b"\n\r\n", 0, _HEADER_BLOCK_LIMIT))
-    return blank_line < 0
 
 
 # --- bodies and attachments -----------------------------------------------------------
