@@ -14,7 +14,7 @@ import pytest
 
 from maildesk.cli import main
 from maildesk.domain import InboxState
-from maildesk.store.tables import InboxRow
+from maildesk.store.tables import InboxRawRow, InboxRow
 from tests.helpers import CORPUS, REPO, Desk, message, write_config
 
 
@@ -102,11 +102,12 @@ def test_failed_message_is_listed_and_retried(
     with desk.db.write() as s:
         row = InboxRow(received_at=datetime.now(UTC), source="smtp", content_hash="x" * 64,
             message_id="f1@customer.example", size=10,
-            raw=message(msgid="<f1@customer.example>"),
             state=InboxState.FAILED.value, reason="RuntimeError: boom", attempts=1)
         s.add(row)
         s.flush()
         inbox_id = row.id
+        assert inbox_id is not None
+        s.add(InboxRawRow(inbox_id=inbox_id, raw=message(msgid="<f1@customer.example>")))
     failed = run_json(capsys, "inbox", "list", "--failed", "--config", str(config_path), "--json")
     assert isinstance(failed, list)
     assert [(f["id"], f["state"], f["reason"]) for f in failed] == [

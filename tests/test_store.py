@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from maildesk.store import tickets
+from maildesk.domain import Source
+from maildesk.identity import content_hash
+from maildesk.store import Database, inbox, tickets
+from maildesk.store.db import MIGRATIONS, SCHEMA_HEAD
 from maildesk.store.raw import raw
 from maildesk.store.tables import TicketRow
 from tests.helpers import Desk, message, write_config
@@ -52,3 +57,76 @@ def test_only_processing_commits_skip_waiting_for_the_disk(tmp_path: Path, db_ur
             assert raw(s).one(setting) == (waits[0],)
     finally:
         desk.db.dispose()
+
+
+def _alembic(db: Database) -> tuple[Any, Any]:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", db.url)
+    return cfg, ScriptDirectory.from_config(cfg)
+
+
+def test_the_migrations_build_the_schema_of_the_tables(tmp_path: Path, db_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    desk = Desk.open(write_config(tmp_path, db_url))
+    _, scripts = _alembic(desk.db)
+    assert desk.db.schema_version() == scripts.get_current_head() == SCHEMA_HEAD
+    with desk.db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert diff == []
+    desk.db.dispose()
+
+
+def test_an_older_database_is_upgraded_and_keeps_its_messages(
+    tmp_path: Path, db_url: str
+) -> None:
+    """A database written before the bytes moved to inbox_raw (revision 0002): opening it
+    migrates it, and a message that was queued then is processed from its bytes."""
+    from alembic import command
+
+    raw_message = message(msgid="<before@customer.example>", subject="Queued before")
+    old = Database(db_url)
+    cfg, _ = _alembic(old)
+    with old.engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")
+        conn.commit()
+    with old.write() as s:
+        r = raw(s)
+        r.run("INSERT INTO inbox (received_at, source, content_hash, size, raw, state,"
+              " attempts, envelope_to) VALUES (?, 'cli', ?, ?, ?, 'queued', 0, '')",
+              (r.time(datetime.now(UTC)), "h" * 64, len(raw_message), raw_message))
+    old.dispose()
+
+    desk = Desk.open(write_config(tmp_path, db_url))  # as `serve` and the CLI open it
+    assert desk.db.schema_version() == SCHEMA_HEAD
+    assert inbox.load_raw(desk.db, [1]) == {1: raw_message}
+    outcome = desk.pipeline.process(1)
+    assert outcome.ticket_id is not None
+    assert desk.ticket(outcome.ticket_id).subject == "Queued before"
+    assert "the printer is on fire" in desk.entries(outcome.ticket_id)[0].body
+    desk.db.dispose()
+
+
+def test_processing_does_not_write_the_message_again(tmp_path: Path) -> None:
+    """Processing changes the inbox row (state, ticket); the message's bytes are not
+    written a second time with it. A 2 MB message stored from its headers adds a few
+    pages to the SQLite log, not the 500 its bytes fill."""
+    desk = Desk.open(write_config(tmp_path, f"sqlite:///{tmp_path}/maildesk.db"))
+    big = message(msgid="<big@customer.example>", body=("y" * 76 + "\n") * 27_000)
+    inbox_id = inbox.add(desk.db, inbox.new_row(
+        big, source=Source.CLI, message_id="big@customer.example", content_hash=content_hash(big)))
+    log = sqlite3.connect(tmp_path / "maildesk.db")
+    assert log.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0  # the log is empty
+    [outcome] = desk.pipeline.process_batch([inbox_id])
+    assert outcome.ticket_id is not None
+    busy, frames, _ = log.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0 and 0 < frames < 50, frames
+    log.close()
+    desk.db.dispose()

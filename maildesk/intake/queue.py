@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from maildesk.identity import identity
 
 _COLUMNS = ("received_at", "source", "origin", "envelope_from", "envelope_to", "message_id",
-            "content_hash", "size", "raw", "state", "attempts")
+            "content_hash", "size", "state", "attempts")
 
 
 class QueueConfigError(Exception):
@@ -54,8 +54,7 @@ def enqueue(db: str, raw: bytes, *, envelope_from: str | None, envelope_to: tupl
     message_id, digest = identity(raw)
     values = (
         datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f"), "cli", origin, envelope_from,
-        ",".join(envelope_to), _truncated(message_id), digest, len(raw),
-        raw, "queued", 0,
+        ",".join(envelope_to), _truncated(message_id), digest, len(raw), "queued", 0,
     )
     conn = sqlite3.connect(db, timeout=30, isolation_level=None)
     try:
@@ -63,15 +62,16 @@ def enqueue(db: str, raw: bytes, *, envelope_from: str | None, envelope_to: tupl
         conn.execute("PRAGMA busy_timeout=30000")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            cur = conn.execute(f"INSERT INTO inbox ({', '.join(_COLUMNS)}) "
-                               f"VALUES ({', '.join('?' * len(_COLUMNS))})", values)
+            inbox_id = conn.execute(f"INSERT INTO inbox ({', '.join(_COLUMNS)}) "
+                                    f"VALUES ({', '.join('?' * len(_COLUMNS))})", values).lastrowid
+            conn.execute("INSERT INTO inbox_raw (inbox_id, raw) VALUES (?, ?)", (inbox_id, raw))
         except sqlite3.OperationalError as exc:
             conn.execute("ROLLBACK")
-            if "no such table" in str(exc):
+            if "no such table" in str(exc):  # no schema, or one not yet upgraded
                 return None
             raise
         conn.execute("COMMIT")
-        return cur.lastrowid
+        return inbox_id
     finally:
         conn.close()
 

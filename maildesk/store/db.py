@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 THREADING_LOCK_KEY = 0x6D61696C  # "mail": one advisory lock serialises threading on PostgreSQL
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
+SCHEMA_HEAD = "0003"  # the newest revision in migrations/versions (a test keeps them in step)
 
 
 class StoreUnavailable(Exception):
@@ -183,8 +184,18 @@ class Database:
             raise StoreUnavailable(_one_line(exc)) from exc
 
     def ensure_schema(self) -> None:
-        if not self.has_schema():
+        """Migrate to the current schema unless the database is there already: one read
+        of Alembic's version table, without importing Alembic."""
+        if self.schema_version() != SCHEMA_HEAD:
             self.upgrade()
+
+    def schema_version(self) -> str | None:
+        """The Alembic revision the database is at; None for an empty database."""
+        if not self.has_schema():
+            return None
+        with self.read_raw() as r:
+            row = r.one("SELECT version_num FROM alembic_version")
+        return str(row[0]) if row else None
 
     def dispose(self) -> None:
         for engine in {self.engine, self.lazy_engine, self.nowait_engine, self.read_engine}:

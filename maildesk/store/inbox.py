@@ -82,8 +82,9 @@ def add(db: Database, row: Incoming) -> int:
 
 _INSERT = (
     "INSERT INTO inbox (received_at, source, origin, envelope_from, envelope_to, message_id,"
-    " content_hash, size, raw, state, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
+    " content_hash, size, state, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
     " RETURNING id")
+_INSERT_RAW = "INSERT INTO inbox_raw (inbox_id, raw) VALUES (?, ?)"
 
 
 def add_now(db: Database, row: Incoming) -> int:
@@ -102,10 +103,12 @@ def add_many(db: Database, rows: Sequence[Incoming]) -> list[int]:
 def insert_rows(r: Raw, rows: Sequence[Incoming]) -> list[int]:
     """Insert raw messages in a transaction; their new ids, in order. Hand-written SQL
     (store.raw): intake runs this for every message."""
-    return [r.insert(_INSERT, (
+    ids = [r.insert(_INSERT, (
         r.time(row.received_at), row.source, row.origin, row.envelope_from,
-        row.envelope_to, row.message_id, row.content_hash, len(row.raw), row.raw,
+        row.envelope_to, row.message_id, row.content_hash, len(row.raw),
         InboxState.QUEUED.value)) for row in rows]
+    r.many(_INSERT_RAW, [(i, row.raw) for i, row in zip(ids, rows, strict=True)])
+    return ids
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,8 @@ def load_raw(db: Database, ids: Sequence[int]) -> dict[int, bytes]:
     if not ids:
         return {}
     with db.read_raw() as r:
-        rows = r.rows(f"SELECT id, raw FROM inbox WHERE id IN ({placeholders(len(ids))})", ids)
+        rows = r.rows(f"SELECT inbox_id, raw FROM inbox_raw"
+                      f" WHERE inbox_id IN ({placeholders(len(ids))})", ids)
     return {i: bytes(data) for i, data in rows}
 
 

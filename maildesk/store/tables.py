@@ -14,7 +14,8 @@ from sqlmodel import Field, SQLModel
 
 
 class InboxRow(SQLModel, table=True):
-    """One raw message as it arrived, committed before anything else happens."""
+    """One message as it arrived, committed before anything else happens: its envelope,
+    identity and processing state. Its bytes are in `inbox_raw`."""
 
     __tablename__ = "inbox"
     __table_args__ = (Index("ix_inbox_dedupe", "content_hash", "message_id"),)
@@ -28,7 +29,6 @@ class InboxRow(SQLModel, table=True):
     message_id: str | None = Field(default=None, max_length=998)
     content_hash: str = Field(max_length=64)
     size: int
-    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     state: str = Field(default="queued", index=True, max_length=16)
     reason: str | None = None
     attempts: int = 0
@@ -36,6 +36,19 @@ class InboxRow(SQLModel, table=True):
     ticket_id: int | None = Field(default=None, index=True)
     entry_id: int | None = None
     processed_at: datetime | None = None
+
+
+class InboxRawRow(SQLModel, table=True):
+    """The bytes of an inbox message, written once and never changed.
+
+    Apart from the inbox row, because processing updates that row (state, ticket, times):
+    SQLite writes a changed row out whole, and with the bytes inside, every state change
+    copied the message again, into the WAL and then into the database file."""
+
+    __tablename__ = "inbox_raw"
+
+    inbox_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class TicketRow(SQLModel, table=True):
