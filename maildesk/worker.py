@@ -18,8 +18,10 @@ but never lets the oldest message it knows of wait more than `short_defer` secon
 pause): latency stays low at moderate load, and a burst (an MTA flushing its queue) is
 taken in at wire speed first and processed right after, as a mail server's queue would. When
 the bound forces its hand it takes a large batch (`catch_up`), so processing keeps up under
-sustained load instead of being capped at one small batch per deferral. At low load
-nothing waits: a message is processed right after its commit.
+sustained load instead of being capped at one small batch per deferral. Once intake is
+quiet, a backlog left by a burst goes `backlog` at a time: a third less work per message
+than small batches. At low load nothing waits: a message is processed right after its
+commit.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ class Worker(BackgroundLoop):
 
     def __init__(
         self, db: Database, pipeline: Pipeline, *, batch: int = 32, catch_up: int = 64,
-        poll: float = 1.0, linger: float = 0.01, after_batch: Callable[[], None] | None = None,
+        backlog: int = 256, poll: float = 1.0, linger: float = 0.01,
+        after_batch: Callable[[], None] | None = None,
         yield_to: Callable[[float], bool] | None = None, max_defer: float = 10.0,
         short_defer: float = 0.05,
     ) -> None:
@@ -64,6 +67,7 @@ class Worker(BackgroundLoop):
         self.pipeline = pipeline
         self.batch = batch
         self.catch_up = catch_up
+        self.backlog = backlog
         self.poll = poll
         self.linger = linger  # after a wake-up, let concurrent messages join the batch
         self._busy = False  # the last batch had company: messages are arriving together
@@ -98,7 +102,10 @@ class Worker(BackgroundLoop):
 
     def run_once(self) -> list[Outcome]:
         """Claim one batch and process it; [] when nothing is queued."""
-        limit = self.batch if self._wait_for_intake(NEW_MAIL_QUIET) else self.catch_up
+        idle = self._wait_for_intake(NEW_MAIL_QUIET)
+        # A backlog (the last batch was full) with intake quiet, after a burst: big batches
+        # cost a third less per message (fewer commits, index pages written once).
+        limit = (self.backlog if self._full else self.batch) if idle else self.catch_up
         while self._follow_ups_overdue():  # new mail never keeps them waiting longer
             if not self._follow_up(self.catch_up):
                 break

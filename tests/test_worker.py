@@ -54,6 +54,19 @@ def test_idle_intake_means_a_normal_batch_at_once(desk: Desk) -> None:
     assert done == ids[:2] and waited < 0.5  # `batch`, not `catch_up`, and no wait
 
 
+def test_a_backlog_goes_in_big_batches_once_intake_is_quiet(desk: Desk) -> None:
+    """After a burst, the queued messages are taken `backlog` at a time (fewer commits),
+    and a single message after that in a normal batch again."""
+    worker = Worker(desk.db, desk.pipeline, batch=2, backlog=4, yield_to=lambda quiet: False)
+    ids = _queue(desk, 7, worker)
+    assert _run_once(worker)[0] == ids[:2]  # nothing said there was a backlog yet
+    assert _run_once(worker)[0] == ids[2:6]  # the last batch was full: a backlog
+    assert _run_once(worker)[0] == ids[6:]
+    assert _run_once(worker)[0] == []
+    later = _queue(desk, 3, worker)
+    assert _run_once(worker)[0] == later[:2]
+
+
 def test_busy_intake_holds_batches_short_then_long_in_a_burst(desk: Desk) -> None:
     worker = Worker(desk.db, desk.pipeline, batch=2, catch_up=50, yield_to=lambda quiet: True,
                     short_defer=0.2, max_defer=0.8)
