@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -74,3 +76,21 @@ def test_ingest_queue_does_not_import_the_world(tmp_path: Path) -> None:
     imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines()}
     assert not imported & {"sqlalchemy", "sqlmodel", "pydantic", "mailparser", "aiosmtpd",
                            "jinja2", "email.parser"}
+
+
+def test_ingest_queue_answers_through_a_pipe_and_the_row_is_committed(tmp_path: Path) -> None:
+    """The quick exit after `ingest --queue` (cli.run) loses neither the answer, which an
+    MTA may read from a pipe, nor the row."""
+    cfg = write_config(tmp_path, f"sqlite:///{tmp_path}/q.db")
+    assert main(["db", "upgrade", "--config", str(cfg)]) == 0
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as an MTA runs it
+    proc = subprocess.run(
+        [sys.executable, "-m", "maildesk.cli", "ingest", "--queue", "--json", "--config",
+         str(cfg), "-"], input=message(msgid="<piped@customer.example>"), capture_output=True,
+        cwd=REPO, env=env, check=True)
+    assert json.loads(proc.stdout) == {"inbox": 1, "ticket": None, "state": "queued",
+                                       "reason": None}
+    assert proc.stderr == b""
+    with sqlite3.connect(tmp_path / "q.db") as conn:
+        assert conn.execute("SELECT message_id, state FROM inbox").fetchall() == [
+            ("piped@customer.example", "queued")]
