@@ -172,7 +172,7 @@ def test_a_follow_up_left_by_a_crash_runs_after_the_restart(desk: Desk,
 def test_follow_ups_wait_for_new_mail_but_not_for_ever(tmp_path: Path) -> None:
     desk = Desk.open(write_config(tmp_path, f"sqlite:///{tmp_path}/w.db"))
     try:
-        worker = Worker(desk.db, desk.pipeline, batch=1, catch_up=1, max_defer=10,
+        worker = Worker(desk.db, desk.pipeline, batch=1, catch_up=1, backlog=1, max_defer=10,
                         yield_to=lambda quiet: False)
         _queued(desk, *[message(msgid=f"<s{n}@customer.example>", subject=f"s{n}")
                         for n in range(4)])
