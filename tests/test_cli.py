@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
+import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -127,6 +129,33 @@ def test_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     err = capsys.readouterr().err
     for key in ("desk.address", "desk.bogus", "threading.subject_window"):
         assert key in err
+
+
+def test_a_regular_install_finds_its_templates(tmp_path: Path) -> None:
+    """`pip install .` (not editable, as an operator or an MTA pipe runs it) must carry the
+    shipped templates: the example config, which leaves desk.templates at its default,
+    checks out and a message gets its acknowledgement."""
+    source = tmp_path / "src"  # a copy: a build leaves build/ behind, stale the next time
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".*", "build", "dist", "var", "*.egg-info", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True)
+    [wheel] = (tmp_path / "dist").glob("maildesk-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    config = tmp_path / "config.toml"
+    config.write_text((REPO / "config.example.toml").read_text())
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import maildesk, maildesk.cli; "
+            "print(maildesk.__file__); maildesk.cli.main(sys.argv[2:]); "
+            "sys.exit(maildesk.cli.main(['outbox', 'list', '--json'] + sys.argv[3:5]))")
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(site), "ingest", "--config", str(config), "-"],
+        input=message(), capture_output=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    where, stored, outbox = done.stdout.decode().splitlines()
+    assert Path(where).is_relative_to(site)  # the installed copy, not this checkout
+    assert "ticket #1" in stored
+    assert [m["template"] for m in json.loads(outbox)] == ["ack"]
 
 
 def corpus_files() -> list[Path]:

@@ -68,7 +68,7 @@ def test_example_config_loads_with_laptop_defaults() -> None:
     assert s.outbound.transport == "maildir"
     assert s.outbound.maildir == REPO / "var" / "outbox"
     assert s.mailboxes == [] and s.metrics.listen is None
-    assert s.desk.templates == REPO / "templates"
+    assert s.desk.templates.resolve() == REPO / "templates"  # through maildesk/templates
 
 
 def _keys(model: type[BaseModel]) -> set[tuple[str, type[BaseModel]]]:

@@ -34,7 +34,9 @@ from maildesk.config.values import (
     split_host_port,
 )
 
-DEFAULT_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+# The top-level templates/ folder; maildesk/templates links to it, so a regular install
+# (`pip install .`) carries a copy in the package and finds it at the same place.
+DEFAULT_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 
 
 class Desk(_Model):
