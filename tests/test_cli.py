@@ -145,16 +145,19 @@ def test_a_regular_install_finds_its_templates(tmp_path: Path) -> None:
     zipfile.ZipFile(wheel).extractall(site)
     config = tmp_path / "config.toml"
     config.write_text((REPO / "config.example.toml").read_text())
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import maildesk, maildesk.cli; "
-            "print(maildesk.__file__); maildesk.cli.main(sys.argv[2:]); "
-            "sys.exit(maildesk.cli.main(['outbox', 'list', '--json'] + sys.argv[3:5]))")
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(site), "ingest", "--config", str(config), "-"],
-        input=message(), capture_output=True, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr.decode()
-    where, stored, outbox = done.stdout.decode().splitlines()
+
+    def installed(*argv: str, stdin: bytes = b"") -> str:
+        """Run the unpacked wheel, ahead of this checkout's editable install."""
+        done = subprocess.run([sys.executable, *argv], input=stdin, capture_output=True,
+                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)})
+        assert done.returncode == 0, done.stderr.decode()
+        return done.stdout.decode()
+
+    where = installed("-c", "import maildesk; print(maildesk.__file__)").strip()
     assert Path(where).is_relative_to(site)  # the installed copy, not this checkout
-    assert "ticket #1" in stored
+    cli = ("-m", "maildesk.cli")
+    assert "ticket #1" in installed(*cli, "ingest", "--config", str(config), "-", stdin=message())
+    outbox = installed(*cli, "outbox", "list", "--json", "--config", str(config))
     assert [m["template"] for m in json.loads(outbox)] == ["ack"]
 
 
