@@ -1,0 +1,5 @@
+"""`python -m maildesk.cli`: the `maildesk` command."""
+
+from maildesk.cli import run
+
+run()

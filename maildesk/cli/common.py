@@ -1,0 +1,74 @@
+"""What every command shares: exit codes, loading the config and the database, reading
+a message, printing JSON.
+
+Standard library only at import time: `maildesk ingest --queue` runs once per message
+from an MTA pipe and must not pay for the daemon's imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from maildesk.config import Settings
+    from maildesk.store import Database
+
+EX_OK, EX_FAIL, EX_USAGE, EX_TEMPFAIL = 0, 1, 2, 75
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EX_FAIL) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Exit:
+    """Set once `ingest --queue` has committed its message and printed its answer:
+    `run()` then leaves without the interpreter's teardown."""
+
+    skip_teardown = False
+
+
+def settings(args: argparse.Namespace) -> Settings:
+    """Load the config; a bad config is exit 1, except for `ingest`: there it is 75,
+    so the MTA keeps the mail and retries once the operator has fixed the file."""
+    from maildesk.config import ConfigError, config_path_from, load_settings
+
+    code = EX_TEMPFAIL if args.command == "ingest" else EX_FAIL
+    try:
+        return load_settings(config_path_from(args.config))
+    except ConfigError as exc:
+        raise CliError("\n".join(exc.problems), code) from exc
+    except (OSError, ValueError) as exc:
+        raise CliError(str(exc), code) from exc
+
+
+def database(settings: Settings, *, migrate: bool = True) -> Database:
+    from maildesk.app import open_database
+
+    return open_database(settings, migrate=migrate)
+
+
+def read_message(path: str | None) -> bytes:
+    if path in (None, "-"):
+        return sys.stdin.buffer.read()
+    with open(str(path), "rb") as f:  # not pathlib: `ingest --queue` starts once per message
+        return f.read()
+
+
+def print_json(value: Any) -> None:
+    import json  # here, like the other imports: `ingest --queue` starts once per message
+
+    print(json.dumps(value, default=_json_default, ensure_ascii=False))
+
+
+def _json_default(value: Any) -> Any:
+    from datetime import datetime
+
+    if isinstance(value, datetime):
+        return value.isoformat() + ("Z" if value.tzinfo is None else "")
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
