@@ -80,16 +80,17 @@ _OTHER_NAMES = _names(
     "envoyé le", "enviado el", "enviado em", "enviada em", "inviato il", "data de envio",
     "gönderilme tarihi", "reply to", "reply-to", "antwort an", "répondre à"}
 _SEPARATOR = re.compile(r"^\s*[-_=*]{5,}\s*$")
+_DEVICE = r"[\w'’&()+®™ -]{1,40}(?:\s*<[^<>\s]{1,200}>)?"  # "my iPhone", "Mail for Windows"
 _MOBILE = re.compile(
-    r"^\s*(?:sent\s+(?:from|via|with|using)\s+.{1,60}|get\s+outlook\s+for\s+.{1,60}|"
-    r"von\s+meinem\s+.{1,40}\s+gesendet|gesendet\s+(?:von|mit|vom)\s+.{1,60}|"
-    r"enviado\s+(?:desde|con|do|a\s+partir\s+do|pelo)\s+.{1,60}|"
-    r"envoyé\s+(?:de|depuis|avec)\s+.{1,60}|inviato\s+da\s+.{1,60}|"
-    r"verzonden\s+(?:vanaf|met|van)\s+.{1,60}|verstuurd\s+(?:vanaf|met)\s+.{1,60}|"
-    r"skickat\s+från\s+.{1,60}|sendt\s+fra\s+.{1,60}|lähetetty\s+.{1,60}|"
-    r"wysłane\s+z\s+.{1,60}|odesláno\s+z\s+.{1,60}|отправлено\s+(?:с|из)\s+.{1,60}|"
-    r".{1,40}(?:'(?:dan|den|tan|ten))\s+gönderildi|从我的.{1,30}发送|"
-    r".{1,30}から送信)\s*$", re.I)
+    rf"^\s*(?:sent\s+(?:from|via|with|using)\s+{_DEVICE}|get\s+outlook\s+for\s+{_DEVICE}|"
+    rf"von\s+meinem\s+{_DEVICE}\s+gesendet|gesendet\s+(?:von|mit|vom)\s+{_DEVICE}|"
+    rf"enviado\s+(?:desde|con|do|a\s+partir\s+do|pelo)\s+{_DEVICE}|"
+    rf"envoyé\s+(?:de|depuis|avec)\s+{_DEVICE}|inviato\s+da\s+{_DEVICE}|"
+    rf"verzonden\s+(?:vanaf|met|van)\s+{_DEVICE}|verstuurd\s+(?:vanaf|met)\s+{_DEVICE}|"
+    rf"skickat\s+från\s+{_DEVICE}|sendt\s+fra\s+{_DEVICE}|lähetetty\s+{_DEVICE}|"
+    rf"wysłane\s+z\s+{_DEVICE}|odesláno\s+z\s+{_DEVICE}|отправлено\s+(?:с|из)\s+{_DEVICE}|"
+    rf"{_DEVICE}(?:dan|den|tan|ten)\s+gönderildi|从我的.{{1,30}}发送|"
+    rf".{{1,30}}から送信)\.?\s*$", re.I)
 _QUOTE_TAIL_SIGNATURE = re.compile(r"^--\s*$")
 
 # --- plain text -------------------------------------------------------------------------
@@ -149,7 +150,7 @@ def _history_start(lines: list[str]) -> tuple[int | None, set[int]]:
             after = _next_text(lines, quoted, end)
             if after is None or _ends_writing(lines, after):
                 return i, dropped
-            dropped.update(range(i, attribution + 1))
+            dropped.update(range(i, follow))  # the attribution and blank lines after it
             i = end
             continue
         i += 1
@@ -273,17 +274,43 @@ _OUTLOOK_RULE = re.compile(r"border-top\s*:\s*solid[^\"'>]{0,80}padding\s*:\s*3"
 
 def without_quoted_html(html: str, *, forward: bool = False) -> str:
     """`html` without the blocks its mail client marked as quoted or as a signature
-    (see the module docstring); unchanged for a forward, whose quoted part is kept."""
+    (see the module docstring); unchanged for a forward, whose quoted part is kept. A
+    marked block with the writer's text after it is an inline reply's context: kept."""
     if forward:
         return html
-    kept: list[str] = []
-    pos = 0
+    html = html[:_history_end(html)]
+    boundary = len(html)
+    removed: list[tuple[int, int]] = []
+    for start, end in reversed(_marked_blocks(html)):
+        if _has_text(html[end:boundary]):
+            break  # the writer answers below it: this and the blocks above are context
+        removed.append((start, end))
+        boundary = start
+    kept, pos = [], 0
+    for start, end in reversed(removed):
+        kept.append(html[pos:start])
+        pos = end
+    kept.append(html[pos:])
+    return "".join(kept)
+
+
+def _history_end(html: str) -> int:
+    """Where Outlook's history starts (divRplyFwdMsg, the border-top rule, Hotmail's
+    stopSpelling): everything after it is history. The end of the text without one."""
+    for match in _TAG_START.finditer(html):
+        name, attrs = match[1].lower(), match[2]
+        if _TO_END_ID.search(attrs) or (name == "div" and _OUTLOOK_RULE.search(attrs)):
+            return match.start()
+    return len(html)
+
+
+def _marked_blocks(html: str) -> list[tuple[int, int]]:
+    """(start, end) of each outermost block marked as quoted or signature, in order;
+    forwards wrapped like quotes are not among them."""
+    blocks: list[tuple[int, int]] = []
     search = 0
     while match := _TAG_START.search(html, search):
         name, attrs = match[1].lower(), match[2]
-        if _TO_END_ID.search(attrs) or (name == "div" and _OUTLOOK_RULE.search(attrs)):
-            kept.append(html[pos:match.start()])
-            return "".join(kept)
         marked = (name != "hr" and (_QUOTE_CLASS.search(attrs) or _APPLE.search(attrs)
                                     or (name == "blockquote" and _CITE.search(attrs))))
         if not marked:
@@ -291,12 +318,15 @@ def without_quoted_html(html: str, *, forward: bool = False) -> str:
             continue
         end = _element_end(html, name, match.end())
         if _is_forward_block(html[match.end():min(end, match.end() + 2000)]):
-            search = match.end()  # a forward wrapped like a quote: kept
+            search = match.end()
             continue
-        kept.append(html[pos:match.start()])
-        pos = search = end
-    kept.append(html[pos:])
-    return "".join(kept)
+        blocks.append((match.start(), end))
+        search = end
+    return blocks
+
+
+def _has_text(html: str) -> bool:
+    return bool(_TAGS.sub(" ", html).replace("&nbsp;", " ").replace("&#160;", " ").strip())
 
 
 def _element_end(html: str, name: str, pos: int) -> int:

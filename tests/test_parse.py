@@ -7,13 +7,9 @@ Without it these tests fail: a missing corpus must never pass silently.
 from __future__ import annotations
 
 import os
-import re
 import time
 from datetime import datetime
 from pathlib import Path
-from re import _constants as sre  # type: ignore[attr-defined]
-from re._parser import parse as sre_parse  # type: ignore[import-not-found]
-from typing import Any
 
 import pytest
 
