@@ -23,7 +23,7 @@ _MAX_FILENAME_BYTES = 200
 # controls, format (bidi overrides), surrogates, private use, unassigned, line breaks
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 # Labels that lie: senders write the superset and label it with the subset's name.
-_CHARSET_SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030", "latin_1": "cp1252",
+_CHARSET_SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030", "iso8859_1": "cp1252",
                       "euc_kr": "cp949", "shift_jis": "cp932",
                       "iso8859_9": "cp1254", "tis_620": "cp874", "iso8859_11": "cp874",
                       "big5": "big5hkscs", "iso8859_8": "cp1255", "iso8859_6": "cp1256"}
