@@ -37,6 +37,10 @@ _VERBS = (r"wrote|schrieb|a\s+écrit|escribió|ha\s+scritto|escreveu|schreef|hee
           r"geschreven|skrev|napisał\S*|napsal\S*|написал\S*|написав\S*|пишет|пише|"
           r"kirjoitti|yazdı|έγραψε|a\s+scris|ezt\s+írta|írta")
 _ATTRIBUTION = re.compile(rf"^.{{0,400}}?\b(?:{_VERBS})\b.{{0,160}}[:：]\s*$", re.I)
+# The first line of an attribution wrapped onto two: it opens like one, or breaks in
+# the address ("On Mon, 3 Jun 2024 at 10:00, Bob Smith <" / "bob@example.com> wrote:").
+_WRAPPED_START = re.compile(
+    r"^\s*(?:on|am|le|el|il|em|op|den|dne|w\s+dniu|dnia|στις)\b|.*(?:<|@\S*)\s*$", re.I)
 _ATTRIBUTION_CJK = re.compile(r"(?:写道|寫道|작성|のメッセージ)\s*[:：]\s*$")
 _ATTRIBUTION_ADDRESS = re.compile(r"^.{0,300}<[^<>\s]+@[^<>\s]+>\)?\s*[:：]\s*$")
 _ORIGINAL = re.compile(
@@ -188,7 +192,8 @@ def _attribution_end(lines: list[str], i: int) -> int | None:
     line = lines[i][:_LINE_CHARS]
     if _is_attribution(line):
         return i
-    if i + 1 < len(lines) and len(lines[i + 1]) < _LINE_CHARS:
+    if (i + 1 < len(lines) and len(lines[i + 1]) < _LINE_CHARS and _WRAPPED_START.match(line)
+            and not lines[i + 1].lstrip().startswith(">")):
         joined = f"{line.rstrip()} {lines[i + 1].strip()}"
         if not line.rstrip().endswith((":", "：")) and _is_attribution(joined):
             return i + 1

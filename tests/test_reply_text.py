@@ -42,6 +42,10 @@ PLAIN: list[tuple[str, str, str]] = [
     ("en-wrapped", "I get it now.\n\nOn Mon, Jun 3, 2024 at 10:00 AM Bob Smith <\n"
      "bob@example.com> wrote:\n\n> hi\n", "I get it now."),
     ("en-thunderbird", "Works.\n\nBob Smith wrote:\n> Does it work?\n", "Works."),
+    ("talon-quoted-attribution", "Hello\n> On 22 Aug 2015, at 19:21, Adam Renberg "
+     "<tgwizard@gmail.com> wrote:\n>\n> Hi there!\n", "Hello"),
+    ("sentence-is-no-wrapped-attribution", "A question about order 42\nJohn wrote:\n> x\n",
+     "A question about order 42"),
     ("en-no-quote-marks", "Yes.\n\nOn Nov 26, 2012, at 10:27 AM, \"Watson, Dan\" "
      "<user@host2.com> wrote:\nThis is a message.\nWith a second line.\n", "Yes."),
     ("en-talon-dashes", "Reply\n\nOn 04/19/2011 07:10 AM, Roman Tkachenko wrote:\n\n"
