@@ -410,7 +410,7 @@ def test_trimming_is_linear_on_hostile_text(body: str) -> None:
 
     started = time.perf_counter()
     written_text(body)
-    assert time.perf_counter() - started < 2
+    assert time.perf_counter() - started < 5  # linear: a fraction of a second alone
 
 
 @pytest.mark.parametrize("html", [
@@ -424,4 +424,4 @@ def test_html_quote_removal_is_linear(html: str) -> None:
 
     started = time.perf_counter()
     without_quoted_html(html)
-    assert time.perf_counter() - started < 2
+    assert time.perf_counter() - started < 5  # linear: a fraction of a second alone
