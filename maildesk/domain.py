@@ -118,6 +118,7 @@ class ParsedMail:
     dsn: DeliveryReport | None = None
     defects: tuple[str, ...] = ()
     parser: str = "mail-parser"  # or "email" when the stdlib fallback was used
+    sender_addr: str | None = None  # the Sender header's address (SPEC §2.3 fallback)
     # parse.parse_headers: every header field as above, body fields empty (text, html,
     # display_body, attachments, dsn, defects); parse_message fills them later.
     headers_only: bool = False

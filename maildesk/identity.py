@@ -16,11 +16,64 @@ _EOL = re.compile(rb"\r\n|\r|\n")
 _FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]*):[ \t]*")  # as email.feedparser.headerRE
 _IDENTITY_HEADERS = frozenset({b"from", b"to", b"cc", b"subject", b"date", b"message-id"})
 _CONTROLS = dict.fromkeys([*range(32), 127], " ")
+_FIELD_LINE = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")  # a field, obsolete WSP too
+_OBS_FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]+:")
+_OBS_FIELD_LINE = re.compile(rb"(?m)^([\x21-\x39\x3b-\x7e]+)[ \t]+:")
+_STRAY_LINES = 4  # lines looked at above the header block
+_STRAY_LINE_BYTES = 4096
+# Fields that a header block starts with (the first one after stray lines must be one).
+_KNOWN_FIRST = frozenset({
+    b"from", b"sender", b"to", b"cc", b"subject", b"date", b"message-id", b"received",
+    b"return-path", b"reply-to", b"mime-version", b"content-type", b"delivered-to",
+    b"in-reply-to", b"references", b"envelope-to", b"authentication-results",
+    b"dkim-signature", b"arc-seal", b"arc-message-signature", b"arc-authentication-results",
+    b"thread-topic", b"thread-index", b"user-agent", b"list-id", b"precedence",
+    b"auto-submitted", b"importance", b"organization", b"resent-from", b"resent-date"})
+
+
+def readable(raw: bytes) -> bytes:
+    """The message as the parsers should read it: from its header block on (past a leading
+    mbox `From ` line, blank lines, or a few stray lines a forwarding tool put above it),
+    and with obsolete `Name  :` fields (RFC 5322 §4.5) written `Name:`. The same bytes
+    when nothing needs doing, which is nearly always; cheap and linear in any case."""
+    start = header_start(raw)
+    if start:
+        raw = raw[start:]
+    if _OBS_FIELD.match(raw):
+        end = _blank_line(raw)
+        raw = _OBS_FIELD_LINE.sub(rb"\1:", raw[:end]) + raw[end:]
+    return raw
+
+
+def header_start(raw: bytes) -> int:
+    """Where the header block starts: 0, or past the lines above it that are no header
+    field (an mbox `From ` line, blank lines, a note a forwarding tool added), at most
+    `_STRAY_LINES` of them and only when a known header field follows."""
+    if _FIELD_LINE.match(raw):
+        return 0
+    pos = 0
+    for _ in range(_STRAY_LINES):
+        eol = _EOL.search(raw, pos, pos + _STRAY_LINE_BYTES)
+        if eol is None:
+            return 0
+        pos = eol.end()
+        field = _FIELD_LINE.match(raw, pos)
+        if field is not None:
+            name = field[1].lower()
+            return pos if name in _KNOWN_FIRST or name.startswith(b"x-") else 0
+    return 0
+
+
+def _blank_line(raw: bytes) -> int:
+    """Where the header block ends (at its blank line), or the end of the message."""
+    ends = [i for i in (raw.find(b"\n\n"), raw.find(b"\n\r\n")) if i >= 0]
+    return min(ends) + 1 if ends else len(raw)
 
 
 def identity(raw: bytes) -> tuple[str | None, str]:
     """(header_message_id, content_hash), reading the header block once."""
     try:
+        raw = readable(raw)
         fields, body_start = header_fields(raw)
     except Exception:
         return None, hashlib.sha256(bytes(raw)).hexdigest()
@@ -30,7 +83,7 @@ def identity(raw: bytes) -> tuple[str | None, str]:
 def header_message_id(raw: bytes) -> str | None:
     """Message-ID from the header block alone, normalised as parse_message does it."""
     try:
-        return _message_id(header_fields(raw)[0])
+        return _message_id(header_fields(readable(raw))[0])
     except Exception:
         return None
 

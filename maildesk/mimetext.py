@@ -1,6 +1,8 @@
 """Decoding the text that MIME carries: charsets, header words, file names, HTML.
 
-Standard library only, and linear time on any input: message content is hostile.
+Linear time on any input: message content is hostile. Standard library only, except
+`header_codec`, which asks charset-normalizer (imported then) when raw 8-bit header bytes
+are neither UTF-8 nor in a charset the message declares.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ _FILENAME_BAD = re.compile(r'[<>:"|?*]')
 _MAX_FILENAME_BYTES = 200
 # controls, format (bidi overrides), surrogates, private use, unassigned, line breaks
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-_CHARSET_SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030", "latin_1": "cp1252",
-                      "euc_kr": "cp949", "shift_jis": "cp932"}
+# Labels that lie: senders write the superset and label it with the subset's name.
+_CHARSET_SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030", "iso8859_1": "cp1252",
+                      "euc_kr": "cp949", "shift_jis": "cp932",
+                      "iso8859_9": "cp1254", "tis_620": "cp874", "iso8859_11": "cp874",
+                      "big5": "big5hkscs", "iso8859_8": "cp1255", "iso8859_6": "cp1256"}
 _HTML_DROPPED = [(re.compile("<!--"), re.compile("-->"))] + [
     (re.compile(rf"<{tag}\b", re.I), re.compile(rf"</{tag}\s*>", re.I))
     for tag in ("script", "style", "title")
@@ -33,23 +38,99 @@ _BLOCK_TAGS = frozenset({"address", "article", "blockquote", "br", "dd", "div", 
 _MIME_TYPES = mimetypes.MimeTypes()  # the built-in table only: same names on every host
 
 
-def header_text(raw: str) -> str:
-    """A raw header value as one line of text: 8-bit bytes and RFC 2047 words decoded."""
-    value = unescape_8bit(raw)
+def header_text(raw: str, codec: str | None = None) -> str:
+    """A raw header value as one line of text: 8-bit bytes (read with `codec`, see
+    `header_codec`) and RFC 2047 words decoded."""
+    value = unescape_8bit(raw, codec)
     if "=?" in value:
         value = decode_words(value)
     return " ".join(value.translate(_CONTROLS).split())
 
 
-def unescape_8bit(value: str) -> str:
-    """Turn the parser's surrogate-escaped 8-bit bytes back into text."""
+def unescape_8bit(value: str, codec: str | None = None) -> str:
+    """Turn the parser's surrogate-escaped 8-bit bytes back into text: UTF-8 when they
+    are (one header may be UTF-8 while another is not), else `codec` (`header_codec`)."""
     if value.isascii():
         return value
     try:
         data = value.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         return value.encode("utf-8", "replace").decode("utf-8")
-    return decode_bytes(data, None)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return decode_bytes(data, codec)
+
+
+def escaped_bytes(value: str) -> bytes | None:
+    """The raw bytes of a value with surrogate-escaped 8-bit bytes; None when it has none."""
+    if value.isascii():
+        return None
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return None
+
+
+_DETECT_BYTES = 4096
+_LATIN_HIGH_PERCENT = 30  # of the letters, at most, in Latin-script text
+_DETECT_WINDOW = 0.06  # a guess this much messier than the best one is still a candidate
+# Among guesses about as good (short header text fits several legacy charsets), the one
+# whose script mail most often comes in; a country's own charsets first (`tld_hint`).
+_GUESS_ORDER = ("cp1252", "gb18030", "cp932", "cp1251", "koi8_r", "cp949", "big5",
+                "cp1250", "cp1253", "cp1254", "cp1257", "cp1255", "cp1256", "cp874")
+_TLD_CODECS = {
+    "cn": ("gb18030",), "jp": ("cp932", "euc_jp"), "kr": ("cp949",), "tw": ("big5",),
+    "hk": ("big5", "gb18030"), "ru": ("cp1251", "koi8_r"), "ua": ("cp1251", "koi8_u"),
+    "by": ("cp1251",), "bg": ("cp1251",), "gr": ("cp1253",), "tr": ("cp1254",),
+    "pl": ("cp1250",), "cz": ("cp1250",), "sk": ("cp1250",), "hu": ("cp1250",),
+    "il": ("cp1255",), "th": ("cp874",),
+}
+
+
+def header_codec(samples: list[bytes], declared: str | None, tld: str = "") -> str:
+    """The codec to read a message's raw 8-bit header bytes with (RFC 6532 or a legacy
+    charset without encoded words): UTF-8 when they are that, else the charset the
+    message declares for its text (widened, see `_codec`) when they read in it, else the
+    charset of the sender's country (`tld`) when they read in it, else what a detector
+    (charset-normalizer) makes of them, else windows-1252."""
+    data = b"\n".join(s for s in samples if not _reads(s, "utf-8"))[:_DETECT_BYTES]
+    if not data:
+        return "utf-8"
+    for codec in (_codec(declared), *_TLD_CODECS.get(tld.lower(), ())):
+        if codec and _reads(data, codec):
+            return codec
+    if _latin_looking(data) and _reads(data, "cp1252"):
+        return "cp1252"
+    return _guess(data) or "cp1252"
+
+
+def _latin_looking(data: bytes) -> bool:
+    """Are the 8-bit bytes accents among ASCII letters ("J\xfcrgen", "caf\xe9"), as in
+    Latin-script text, not the whole words of Cyrillic, Greek or CJK text?"""
+    high = sum(1 for b in data if b >= 0x80)
+    letters = high + sum(1 for b in data if b < 0x80 and chr(b).isalpha())
+    return high * 100 < letters * _LATIN_HIGH_PERCENT
+
+
+def _reads(data: bytes, codec: str) -> bool:
+    try:
+        text = data.decode(codec)
+    except (LookupError, UnicodeError):
+        return False
+    return not any(unicodedata.category(c) in ("Cc", "Co") for c in text if c not in "\t\n")
+
+
+def _guess(data: bytes) -> str | None:
+    from charset_normalizer import from_bytes
+
+    guesses = [g for g in from_bytes(data) if not g.encoding.startswith("utf_")]
+    if not guesses:
+        return None
+    best = min(g.chaos for g in guesses)
+    near = [_codec(g.encoding) or g.encoding for g in guesses if g.chaos <= best + _DETECT_WINDOW]
+    ranked = sorted(near, key=lambda c: _GUESS_ORDER.index(c) if c in _GUESS_ORDER else 99)
+    return ranked[0]
 
 
 def decode_words(value: str) -> str:

@@ -1,9 +1,17 @@
 """Raw message bytes -> ParsedMail, plus the cheap helpers intake needs.
 
-The only module importing mail-parser and mail-parser-reply. mail-parser parses
-the MIME tree, the bodies, the addresses and the date; when it raises (it does on
-some malformed mail, see corpus/PARSE-BASELINE.md) the stdlib `email` parser takes
-over and ParsedMail.parser is "email". Nothing here raises because of content.
+The only module importing mail-parser. mail-parser parses the MIME tree, the bodies,
+the addresses and the date; when it raises (it does on some malformed mail, see
+corpus/PARSE-BASELINE.md) the stdlib `email` parser takes over and ParsedMail.parser is
+"email". Nothing here raises because of content.
+
+Both parsers read the message from its header block on (`identity.readable`: past an
+mbox `From ` line or stray lines above it). Header values read as a mail client shows
+them: raw 8-bit bytes in the charset the message declares for its text, else a guess
+(`mimetext.header_codec`); From as the first readable mailbox of the From headers, the
+strict reading repaired by `address_fields` where it gives up. The entry body is what
+the person wrote (`reply_text`): quoted history and signatures trimmed, HTML quotes
+removed before HTML becomes text.
 """
 
 from __future__ import annotations
@@ -11,7 +19,6 @@ from __future__ import annotations
 import email
 import logging
 import re
-from collections.abc import Iterator
 from datetime import datetime
 from email.message import Message
 from email.parser import BytesParser, HeaderParser
@@ -21,28 +28,32 @@ from typing import Any
 import mailparser
 from mailparser.dates import parse_mail_date
 from mailparser.utils import get_addresses
-from mailparser_reply.parser import EmailMessage
 
+from maildesk.address_fields import pick_from, salvage
 from maildesk.domain import Attachment, DeliveryReport, DeliveryStatus, ParsedMail
-from maildesk.identity import header_message_id, msg_ids
-from maildesk.mimetext import decode_bytes, header_text, html_to_text, safe_filename, unescape_8bit
+from maildesk.identity import header_message_id, msg_ids, readable
+from maildesk.mimetext import (
+    decode_bytes,
+    escaped_bytes,
+    header_codec,
+    header_text,
+    html_to_text,
+    safe_filename,
+    unescape_8bit,
+)
+from maildesk.reply_text import is_forward_subject, without_quoted_html, written_text
 
 log = logging.getLogger(__name__)
 # mail-parser warns about every text part it does not render (each DSN part, each
 # calendar invite): noise about content, not information for the operator.
 logging.getLogger("mailparser").setLevel(logging.ERROR)
 
-REPLY_LANGUAGES = ("en", "de", "es", "fr", "nl")
-# mail-parser-reply's regexes are quadratic in line length: it reads at most this
-# much, with longer lines wrapped, so a hostile body costs milliseconds, not minutes.
-_REPLY_SCAN_CHARS = 32_000
-_REPLY_LINE_CHARS = 400
 # Past this, headers skip mail-parser (its header decoding is quadratic) and
 # address lists are cut: no help desk needs a 64 KiB To header.
 _HEADER_BLOCK_LIMIT = 256 * 1024
 _ADDRESS_HEADER_LIMIT = 64 * 1024
 
-_ADDRESS_HEADERS = ("from", "to", "cc", "reply-to")
+_ADDRESS_HEADERS = ("from", "to", "cc", "reply-to", "sender")
 _RAW_KEPT = frozenset({*_ADDRESS_HEADERS, "date"})
 _DSN_FIELDS = ("final-recipient", "original-recipient", "action", "status")
 _STATUS_CODE = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b")
@@ -50,6 +61,7 @@ _STATUS_CODE = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b")
 
 def parse_message(raw: bytes) -> ParsedMail:
     """Parse one message; never raises for any content."""
+    raw = readable(raw)
     if _header_block_end(raw) >= 0:  # past that, mail-parser's header decoding is quadratic
         try:
             return _parse_with_mailparser(raw)
@@ -67,12 +79,13 @@ def parse_headers(raw: bytes) -> ParsedMail | None:
     empty body fields (`headers_only`). A fifth of the cost of a whole parse on typical
     mail, far less with attachments: what threading needs, before the body is read.
     None when only a whole parse can tell (a huge or unreadable header block)."""
+    raw = readable(raw)
     end = _header_block_end(raw)
     if end < 0:
         return None
     try:
         msg = _HEAD_PARSER.parsebytes(raw[:end], headersonly=True)
-        return _build(msg, [], [], [], {}, (), "headers", headers_only=True)
+        return _build(msg, raw, [], [], [], {}, (), "headers", headers_only=True)
     except Exception:
         log.debug("header block unreadable on its own", exc_info=True)
         return None
@@ -120,9 +133,8 @@ def _parse_with_mailparser(raw: bytes) -> ParsedMail:
         # mail-parser leaves 7-bit ISO-2022-JP undecoded, knows no charset
         # supersets, and drops the text of a multipart whose boundary never came.
         plain, html = _decode_bodies(bodies)
-    known = {"from": parsed.from_, "to": parsed.to, "cc": parsed.cc,
-             "reply-to": parsed.reply_to, "date": parsed.date}
-    return _build(parsed.message, plain, html, attachments, known, defects, "mail-parser")
+    known = {"date": parsed.date}
+    return _build(parsed.message, raw, plain, html, attachments, known, defects, "mail-parser")
 
 
 def _parse_with_stdlib(raw: bytes) -> ParsedMail:
@@ -130,23 +142,25 @@ def _parse_with_stdlib(raw: bytes) -> ParsedMail:
     bodies, attachments = _split_parts(msg)
     plain, html = _decode_bodies(bodies)
     defects = sorted({type(d).__name__ for part in msg.walk() for d in part.defects})
-    return _build(msg, plain, html, attachments, {}, tuple(defects), "email")
+    return _build(msg, raw, plain, html, attachments, {}, tuple(defects), "email")
 
 
-def _build(msg: Message, plain: list[str], html: list[str], attachments: list[Attachment],
-           known: dict[str, Any], defects: tuple[str, ...], parser: str,
-           headers_only: bool = False) -> ParsedMail:
-    """The ParsedMail; `known` holds what mail-parser already read (addresses, date)."""
-    headers, raw = _headers(msg)
-    addresses = _address_pairs(raw, known)
+def _build(msg: Message, data: bytes, plain: list[str], html: list[str],
+           attachments: list[Attachment], known: dict[str, Any], defects: tuple[str, ...],
+           parser: str, headers_only: bool = False) -> ParsedMail:
+    """The ParsedMail of `msg` (parsed from `data`); `known` holds what mail-parser
+    already read (the date)."""
+    codec = _header_codec(msg, data)
+    headers, raw = _headers(msg, codec)
+    addresses = _address_pairs(raw)
     date = known["date"] if "date" in known else parse_mail_date(raw.get("date")).value
-    sender = _mailboxes(addresses["from"])
+    sender = _from_mailbox(msg, codec)
     html_text: str | None = None
     text = display_body = ""
     dsn = None
     if not headers_only:
         html_text, text = _texts(plain, html)
-        display_body = _display_body(text)
+        display_body = _display_body(plain, html_text, text, headers.get("subject", ""))
         dsn = _delivery_report(msg)
     ids = msg_ids(headers.get("message-id"))
     return ParsedMail(
@@ -155,8 +169,9 @@ def _build(msg: Message, plain: list[str], html: list[str], attachments: list[At
         references=tuple(i for i in msg_ids(headers.get("references")) if "@" in i),
         thread_index=headers.get("thread-index") or None,
         subject=headers.get("subject", ""),
-        from_addr=sender[0][1] if sender else None,
-        from_name=sender[0][0] if sender else "",
+        from_addr=sender[1] if sender else None,
+        from_name=sender[0] if sender else "",
+        sender_addr=next(iter(_addresses(addresses["sender"])), None),
         reply_to=_addresses(addresses["reply-to"]),
         to=_addresses(addresses["to"]),
         cc=_addresses(addresses["cc"]),
@@ -181,6 +196,34 @@ def _texts(plain: list[str], html: list[str]) -> tuple[str | None, str]:
     return html_text, text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def _display_body(plain: list[str], html: str | None, text: str, subject: str) -> str:
+    """What the person wrote: the text minus quoted history and signature, the HTML's
+    quoted blocks removed first when there is only HTML; all of it when nothing is left."""
+    forward = is_forward_subject(subject)
+    if not "".join(plain).strip() and html:
+        written = written_text(html_to_text(without_quoted_html(html, forward=forward)),
+                               forward=forward)
+        if written:
+            return written
+    return written_text(text, forward=forward) or text.strip()
+
+
+def not_a_message(mail: ParsedMail) -> str | None:
+    """Why this is no email message at all (nothing to open a ticket from), or None:
+    an empty input, or bytes without a single header field of a message."""
+    if mail.headers and not mail.headers.keys().isdisjoint(_MESSAGE_FIELDS):
+        return None
+    if not mail.text.strip() and not mail.headers:
+        return "not an email message: empty (no header and no text)"
+    return "not an email message: no header fields (binary or other data)"
+
+
+_MESSAGE_FIELDS = frozenset({
+    "from", "sender", "to", "cc", "bcc", "subject", "date", "message-id", "received",
+    "return-path", "reply-to", "mime-version", "content-type", "in-reply-to", "references",
+    "delivered-to", "x-original-to", "envelope-to", "resent-from", "list-id"})
+
+
 def _unparsed(raw: bytes) -> ParsedMail:
     text = decode_bytes(raw, None).replace("\x00", "")
     return ParsedMail(message_id=header_message_id(raw), in_reply_to=(), references=(),
@@ -192,28 +235,72 @@ def _unparsed(raw: bytes) -> ParsedMail:
 # --- headers ------------------------------------------------------------------------
 
 
-def _headers(msg: Message) -> tuple[dict[str, str], dict[str, str]]:
+def _headers(msg: Message, codec: str | None) -> tuple[dict[str, str], dict[str, str]]:
     """Lowercased name -> decoded first value for every header, and -> raw first
-    value for the address headers and Date."""
+    value (8-bit bytes read with `codec`) for the address headers and Date."""
     headers: dict[str, str] = {}
     raw: dict[str, str] = {}
     for name, value in msg.raw_items():
         key = name.lower()
         if key not in headers:
-            headers[key] = header_text(str(value))
+            headers[key] = header_text(str(value), codec)
             if key in _RAW_KEPT:
-                raw[key] = str(value)
+                raw[key] = unescape_8bit(str(value), codec)
     return headers, raw
 
 
-def _address_pairs(raw: dict[str, str], known: dict[str, Any]) -> dict[str, Any]:
-    """(name, address) pairs per address header: mail-parser's when it read them, else
-    read here from decoded text (mail-parser turns 8-bit names into literal \\udcXX)."""
-    return {
-        name: known[name] if name in known and raw.get(name, "").isascii()
-        else _parsed_addresses(unescape_8bit(raw.get(name, "")[:_ADDRESS_HEADER_LIMIT]))
-        for name in _ADDRESS_HEADERS
-    }
+def _header_codec(msg: Message, data: bytes) -> str | None:
+    """The codec for the raw 8-bit bytes of this message's header values; None when
+    they have none (nearly all mail: encoded words or plain ASCII)."""
+    fields = msg.raw_items()  # get() and values() give 8-bit values as U+FFFD
+    samples = [b for _, v in fields if (b := escaped_bytes(str(v)))]
+    if not samples:
+        return None
+    sender = next((str(v) for k, v in fields if k.lower() == "from"), "")
+    found = salvage(sender)
+    tld = found[1].rpartition(".")[2] if found else ""
+    return header_codec(samples, _declared_charset(msg, data), tld)
+
+
+_CHARSET_PARAM = re.compile(rb"""charset\s*=\s*["']?([A-Za-z0-9_.:+-]{1,40})""", re.I)
+_CHARSET_SCAN = 64 * 1024
+
+
+def _declared_charset(msg: Message, data: bytes) -> str | None:
+    """The charset the message declares for its text: the top Content-Type's, else the
+    first a body part names. Read from the bytes, so the header block alone finds the
+    same one as a whole parse does."""
+    top = msg.get_content_charset()
+    if top:
+        return str(top)
+    found = _CHARSET_PARAM.search(data, 0, _CHARSET_SCAN)
+    return found[1].decode("ascii") if found else None
+
+
+def _address_pairs(raw: dict[str, str]) -> dict[str, Any]:
+    """(name, address) pairs per address header, read from its raw value (names decoded
+    after the structure is read, so an encoded name hides no address or line break)."""
+    return {name: _read_addresses(raw.get(name, "")) for name in _ADDRESS_HEADERS}
+
+
+def _read_addresses(value: str) -> tuple[tuple[str, str], ...]:
+    """The strict reading, else the one a mail client makes of a messy value."""
+    pairs = _parsed_addresses(value[:_ADDRESS_HEADER_LIMIT])
+    if any("@" in a for _, a in pairs) or not value.strip():
+        return pairs
+    found = salvage(value)
+    return (found,) if found else ()
+
+
+def _from_mailbox(msg: Message, codec: str | None) -> tuple[str, str] | None:
+    """(name, address) of the From mailbox as a mail client shows it: the first From
+    header that gives an address, read strictly, else repaired; names decoded."""
+    values = [unescape_8bit(str(v), codec) for k, v in msg.raw_items() if k.lower() == "from"]
+    found = pick_from(values, _read_addresses)
+    if found is None:
+        return None
+    name = header_text(found[0])
+    return ("" if name.lower() == found[1] else name), found[1]
 
 
 @lru_cache(maxsize=4096)
@@ -225,10 +312,10 @@ def _parsed_addresses(value: str) -> tuple[tuple[str, str], ...]:
 
 
 def _mailboxes(pairs: Any) -> list[tuple[str, str]]:
-    """mail-parser's (name, address) pairs: names decoded, addresses lowercased."""
+    """(name, address) pairs: names decoded, addresses lowercased, trailing dot dropped."""
     result = []
     for name, address in pairs or ():
-        address = "".join(str(address).split()).lower()
+        address = "".join(str(address).split()).rstrip(".").lower()
         if address:
             text = header_text(str(name))
             result.append(("" if text.lower() == address else text, address))
@@ -299,162 +386,6 @@ def _decode_bodies(parts: list[Message]) -> tuple[list[str], list[str]]:
             text = decode_bytes(payload, part.get_content_charset())
             (html if part.get_content_subtype() == "html" else plain).append(text)
     return plain, html
-
-
-_SIGN_OFF_CHARS = 30
-
-
-def _display_body(text: str) -> str:
-    """Text minus quoted history and signature; all of it when nothing is left."""
-    reply = _latest_reply(text)
-    return _strip_quoted_tail(text if reply is None else reply) or text.strip()
-
-
-def _latest_reply(text: str) -> str | None:
-    """mail-parser-reply's latest reply, or None when it found no history or signature."""
-    head = text[:_REPLY_SCAN_CHARS]
-    if any(len(line) > _REPLY_LINE_CHARS for line in head.splitlines()):
-        head = "\n".join(wrapped for line in head.splitlines()
-                         for wrapped in _wrap(line, _REPLY_LINE_CHARS))
-    try:
-        replies = _reply_message(head).read().replies
-        first = replies[0]
-        body: str = first.body
-    except Exception:
-        log.debug("reply parser failed", exc_info=True)
-        return None
-    if first.signatures and not _is_sign_off(first.signatures):
-        body = first.content  # "Thanks, that fixed it. But ..." is a sentence, not a signature
-    found = len(replies) > 1 or first.headers or first.signatures or first.disclaimers
-    return body if found else None
-
-
-def _wrap(line: str, width: int) -> list[str]:
-    """`line` in pieces of at most `width` characters, broken at spaces where it can be,
-    inside a longer word where it cannot. textwrap.wrap does this with a regex over the
-    whole line that costs more than the rest of parsing on a line of a few KB."""
-    if len(line) <= width:
-        return [line]
-    pieces: list[str] = []
-    current = ""
-    for word in line.split(" "):
-        while len(word) > width:  # a word longer than a line: cut it
-            if current:
-                pieces.append(current)
-                current = ""
-            pieces.append(word[:width])
-            word = word[width:]
-        if not current:
-            current = word
-        elif len(current) + 1 + len(word) <= width:
-            current += " " + word
-        else:
-            pieces.append(current)
-            current = word
-    if current:
-        pieces.append(current)
-    return pieces
-
-
-def _reply_message(text: str) -> EmailMessage:
-    """An EmailMessage reusing the regexes compiled once in `_REPLY_REGEXES`."""
-    return EmailMessage(text=text, languages=list(REPLY_LANGUAGES), keep_hyphen_lists=True,
-                        **_REPLY_REGEXES)
-
-
-class _LineStartPattern:
-    """A regex whose every match starts at a line start or on a newline, with a findall
-    that only tries those positions.
-
-    mail-parser-reply's reply-header regex is about a dozen such alternatives ("^On ...
-    wrote:$", "(^|\\n)From: ...", ...), but the `re` engine cannot skip ahead to a line
-    start, so findall tries all of them at every character: half of the reply parser's
-    time. Trying only where a match can begin gives the same list (tests/test_parse.py
-    checks that the library's pattern is still built this way).
-    """
-
-    def __init__(self, pattern: re.Pattern[str]) -> None:
-        self.pattern = pattern
-
-    def findall(self, text: str) -> list[Any]:
-        """re.findall's result: matches left to right, none overlapping."""
-        found: list[Any] = []
-        end = 0
-        for start in _line_starts(text):
-            match = self.pattern.match(text, start) if start >= end else None
-            if match is None:
-                continue
-            if match.end() == start:  # cannot happen with this pattern; stay exact anyway
-                return self.pattern.findall(text)
-            found.append(_findall_item(match))
-            end = match.end()
-        return found
-
-
-def _line_starts(text: str) -> Iterator[int]:
-    """0, then each newline's position and the one after it, in order, each once."""
-    last = 0
-    yield 0
-    newline = text.find("\n")
-    while newline >= 0:
-        if newline > last:
-            yield newline
-        last = newline + 1
-        yield last
-        newline = text.find("\n", last)
-
-
-def _findall_item(match: re.Match[str]) -> Any:
-    """What re.findall lists for one match: the whole match, its one group, or a tuple
-    of all groups, with "" for a group that took no part."""
-    groups = match.re.groups
-    if groups == 0:
-        return match[0]
-    return (match[1] or "") if groups == 1 else match.groups("")
-
-
-def _compile_reply_regexes() -> dict[str, Any]:
-    """mail-parser-reply builds its three regexes from the language tables again for
-    every message (hundreds of alternations joined, then a lookup in `re`'s cache, which
-    every multipart's one-off boundary regex pushes them out of, so they get compiled
-    again): build them once from a template with the same settings, and pass them in."""
-    template = EmailMessage(text="", languages=list(REPLY_LANGUAGES), keep_hyphen_lists=True)
-    return {"_header_regex": _LineStartPattern(template.HEADER_REGEX),
-            "_disclaimers_regex": template.DISCLAIMERS_REGEX,
-            "_signature_regex": _rest_as_class(template.SIGNATURE_REGEX)}
-
-
-_ANY_CHAR_GROUP = r"(.|\s)*)"  # how the signature regex takes the rest of the text
-
-
-def _rest_as_class(pattern: re.Pattern[str]) -> re.Pattern[str]:
-    r"""The signature regex ends by taking the rest of the text one character at a time
-    through a two-way alternation, `(.|\s)*`, which costs a backtracking step per
-    character of every signature it finds. `[\s\S]*` matches the same characters in
-    one loop. Unchanged when the library's pattern no longer ends that way."""
-    if not pattern.pattern.endswith(_ANY_CHAR_GROUP):
-        return pattern
-    return re.compile(pattern.pattern[: -len(_ANY_CHAR_GROUP)] + r"[\s\S]*)", pattern.flags)
-
-
-_REPLY_REGEXES = _compile_reply_regexes()
-
-
-def _is_sign_off(signature: str) -> bool:
-    """Does a cut-off block start like a signature ("Thanks,", "Best regards", "-- ")?
-    The reply parser cuts at any line that begins with such a word, sentence or not."""
-    first = next((line.strip() for line in signature.splitlines() if line.strip()), "")
-    return len(first) <= _SIGN_OFF_CHARS
-
-
-def _strip_quoted_tail(text: str) -> str:
-    """Drop the ">" quoted block below the reply, even with no "On ... wrote:" above it;
-    quotes above or between the reply's lines stay: they give an inline answer context."""
-    lines = text.rstrip().split("\n")
-    end = len(lines)
-    while end and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith(">")):
-        end -= 1
-    return "\n".join(lines[:end]).strip()
 
 
 # --- delivery status notifications (RFC 3464) ------------------------------------------

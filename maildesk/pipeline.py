@@ -43,7 +43,7 @@ from maildesk.domain import (
 )
 from maildesk.identify import identify
 from maildesk.identity import content_hash
-from maildesk.parse import parse_headers, parse_message
+from maildesk.parse import not_a_message, parse_headers, parse_message
 from maildesk.rules import RuleContext, read_body
 from maildesk.rules import evaluate as evaluate_rules
 from maildesk.store import Database, StoreUnavailable, deferred, inbox, tickets
@@ -51,7 +51,7 @@ from maildesk.store.inbox import utcnow
 from maildesk.store.raw import raw as session_raw
 from maildesk.store.raw import savepoint
 from maildesk.store.tickets import SessionLookup
-from maildesk.thread import ThreadingPolicy
+from maildesk.thread import ThreadingPolicy, generic_keys
 from maildesk.thread import decide as decide_thread
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,8 @@ class Pipeline:
             secret=settings.desk.secret,
             ticket_prefix=settings.desk.ticket_prefix,
             subject_window=settings.threading.subject_window,
+            generic_subjects=generic_keys(settings.threading.generic_subjects,
+                                          settings.desk.ticket_prefix),
         )
         # Business hours for rule conditions: the first SLA policy's, else Mon-Fri 09-18.
         first = settings.sla[0] if settings.sla else None
@@ -291,6 +293,11 @@ class Pipeline:
                        now=now)
             return Outcome(row.id, InboxState.DUPLICATE, twin_ticket, None, reason), (
                 None, None, None, [])
+
+        junk = not_a_message(mail)
+        if junk is not None:  # an empty input, binary data: stored, but no ticket
+            inbox.mark(s, row.id, InboxState.IGNORED, reason=junk, now=now)
+            return Outcome(row.id, InboxState.IGNORED, None, None, junk), (None, None, None, [])
 
         settings = self.settings
         classification = classify(mail, row.envelope_from, settings.desk_addresses())

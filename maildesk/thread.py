@@ -18,7 +18,10 @@ from typing import Protocol
 from maildesk import addresses
 from maildesk.domain import ParsedMail, Sender, Status, ThreadDecision, ThreadRule
 
-_PREFIX = re.compile(r"^\s*(?:(?:re|aw|fwd?|rv|antw|sv|wg|tr)\s*(?:\[\d+\])?\s*:\s*)+", re.I)
+_PREFIX = re.compile(
+    r"^\s*(?:(?:re|aw|fwd?|rv|antw|sv|wg|tr|res|enc|odp|rif|vs|ynt|r|i)\s*(?:\[\d+\])?\s*:\s*)+",
+    re.I)
+_GENERIC_EDGES = " \t!?.,;:()[]{}<>-_*\"'¡¿…"
 THREAD_INDEX_ROOT = 22  # bytes: FILETIME (6) + conversation GUID (16)
 
 
@@ -53,6 +56,8 @@ class ThreadingPolicy:
     secret: str
     ticket_prefix: str
     subject_window: timedelta
+    # subject keys (`generic_keys`) that never join by subject alone: "help", "your mail"
+    generic_subjects: frozenset[str] = frozenset()
 
 
 def subject_key(subject: str, prefix: str) -> str:
@@ -64,6 +69,17 @@ def subject_key(subject: str, prefix: str) -> str:
         s = _PREFIX.sub("", s)
         s = addresses.tag_pattern(prefix).sub(" ", s)
     return " ".join(s.split()).casefold()
+
+
+def generic_keys(subjects: Iterable[str], prefix: str) -> frozenset[str]:
+    """`threading.generic_subjects` as the keys `_by_subject` compares with."""
+    return frozenset(_generic_form(subject_key(s, prefix)) for s in subjects)
+
+
+def _generic_form(key: str) -> str:
+    """A subject key without the punctuation around it: "Help!" and "(no subject)" are
+    the same generic subject as "help" and "no subject"."""
+    return key.strip(_GENERIC_EDGES)
 
 
 def thread_index_key(value: str | None) -> str | None:
@@ -211,8 +227,8 @@ def _by_subject(
     if policy.subject_window <= timedelta(0) or not sender.address:
         return None
     key = subject_key(mail.subject, policy.ticket_prefix)
-    if not key:
-        return None
+    if not _generic_form(key) or _generic_form(key) in policy.generic_subjects:
+        return None  # "help", "your mail": two conversations can share it
     ticket = lookup.ticket_by_subject(sender.address, key, now - policy.subject_window)
     if ticket is None:
         return None

@@ -81,11 +81,13 @@ def store_message(
     ticket.updated_at = now
     tickets.save(s, ticket)
 
+    fallback = requester_of(mail)[1] if new_ticket else None
     entry_id = tickets.add_entry(
         s, ticket_id=ticket.id, kind=kind, from_addr=mail.from_addr or envelope_from,
         subject=mail.subject, body=mail.display_body, now=now, message_id=mail.message_id,
         inbox_id=inbox_id, verified=sender.verified if sender.is_agent else None,
-        thread_rule=decision.rule.value, thread_reason=decision.reason,
+        thread_rule=decision.rule.value,
+        thread_reason=f"{decision.reason}; {fallback}" if fallback else decision.reason,
         attachments=mail.attachments,
     )
     keys = [(k, "own") for k in own_keys(mail)] + [(k, "ref") for k in referenced_ids(mail)]
@@ -97,7 +99,7 @@ def _open_ticket(
     s: Session, settings: Settings, mail: ParsedMail, envelope_from: str | None,
     recipients: Sequence[str], now: datetime,
 ) -> tickets.Ticket:
-    requester = mail.from_addr or (envelope_from or "").lower() or "unknown"
+    requester, _ = requester_of(mail)
     queue = next(
         (q for q in (settings.queue_for_address(r) for r in recipients) if q),
         settings.default_queue,
@@ -110,6 +112,19 @@ def _open_ticket(
     )
     tickets.add_participants(s, row.id, [requester], role="requester", new=True)
     return row
+
+
+def requester_of(mail: ParsedMail) -> tuple[str, str | None]:
+    """The requester (SPEC §2.3): the From address as a mail client reads it; only when
+    none can be read, the Sender's, then the first Reply-To (never the envelope sender,
+    which is a bounce address, not a person); and a note saying so for the entry."""
+    if mail.from_addr:
+        return mail.from_addr, None
+    for address, header in ((mail.sender_addr, "Sender"),
+                            (mail.reply_to[0] if mail.reply_to else None, "Reply-To")):
+        if address:
+            return address, f"requester taken from {header}: no address in From"
+    return "unknown", "requester unknown: no address in From, Sender or Reply-To"
 
 
 def _move_status(ticket: tickets.Ticket, kind: EntryKind, now: datetime) -> None:

@@ -429,9 +429,24 @@ def test_passwords_come_from_somewhere(tmp_path: Path) -> None:
     assert found == [
         "outbound.tls: refusing to send credentials without TLS to a remote host: "
         "use starttls or implicit",
-        "mailboxes[0].password: required: set password, password_file or "
-        "MAILDESK_MAILBOX_MY_BOX_PASSWORD",
     ]
+    # A mailbox password is asked for by what connects (serve, check-config), not at load.
+    s = load(tmp_path, DESK + """
+        [[mailboxes]]
+        name = "my-box"
+        host = "imap.example.com"
+        username = "u"
+        [[mailboxes]]
+        name = "b"
+        host = "imap.example.com"
+        username = "u"
+        password_file = "missing-file"
+    """)
+    assert s.secret_problems()[0] == (
+        "mailboxes[0].password: required: set password, password_file or "
+        "MAILDESK_MAILBOX_MY_BOX_PASSWORD")
+    assert s.secret_problems()[1].startswith("mailboxes[1].password: mailbox 'b' "
+                                             "password_file: cannot read ")
 
 
 def test_config_path_from(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -131,13 +131,13 @@ def test_size_is_announced_and_enforced(tmp_path: Path) -> None:
     try:
         with running.client() as smtp:
             assert smtp.has_extn("size") and smtp.esmtp_features["size"] == "20000"
-            code, _ = smtp.docmd("MAIL FROM:<carol@customer.example> SIZE=50000")
-            assert code == 552
+            code, text = smtp.docmd("MAIL FROM:<carol@customer.example> SIZE=50000")
+            assert code == 552 and text.startswith(b"5.3.4 ")  # RFC 3463: message too big
             smtp.rset()
             smtp.mail("carol@customer.example")
             smtp.rcpt("support@example.com")
-            code, _ = smtp.data(message(body="x" * 60 + "\n" * 1 + ("y" * 70 + "\n") * 400))
-            assert code == 552
+            code, text = smtp.data(message(body="x" * 60 + "\n" * 1 + ("y" * 70 + "\n") * 400))
+            assert code == 552 and text.startswith(b"5.3.4 ")
             smtp.mail("carol@customer.example")
             smtp.rcpt("support@example.com")
             assert smtp.data(message())[0] == 250  # the session goes on

@@ -195,9 +195,9 @@ def test_ids_without_at_sign_are_ignored(desk: Desk) -> None:
 
 
 def test_subject_window_joins_same_sender_and_subject(desk: Desk) -> None:
-    one = desk.ingest(message(subject="Help"))
-    two = desk.ingest(message(subject="AW: Help"))
-    other = desk.ingest(message(frm="someone@else.example", subject="Help"))
+    one = desk.ingest(message(subject="Printer jammed again"))
+    two = desk.ingest(message(subject="AW: Printer jammed again"))
+    other = desk.ingest(message(frm="someone@else.example", subject="Printer jammed again"))
     assert two.ticket_id == one.ticket_id and other.ticket_id != one.ticket_id
     assert desk.entries(one.ticket_id or 0)[-1].thread_rule == ThreadRule.SUBJECT_WINDOW
 
@@ -206,8 +206,8 @@ def test_subject_window_zero_turns_fallback_off(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, f"sqlite:///{tmp_path}/w.db",
                        '\n[threading]\nsubject_window = "0s"\n')
     desk = Desk.open(cfg)
-    one = desk.ingest(message(subject="Help"))
-    two = desk.ingest(message(subject="Re: Help"))
+    one = desk.ingest(message(subject="Printer jammed again"))
+    two = desk.ingest(message(subject="Re: Printer jammed again"))
     assert one.ticket_id != two.ticket_id
 
 

@@ -12,6 +12,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from maildesk.config import Settings
     from maildesk.store import Database
 
@@ -43,6 +45,35 @@ def settings(args: argparse.Namespace) -> Settings:
         raise CliError("\n".join(exc.problems), code) from exc
     except (OSError, ValueError) as exc:
         raise CliError(str(exc), code) from exc
+
+
+def positive_int(value: str) -> int:
+    """An argparse type for ids and counts: a whole number above 0."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more: {value!r}")
+    return number
+
+
+def iso_time(value: str) -> datetime:
+    """An argparse type for --since: an ISO date or date and time (UTC unless it says)."""
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO date or time: {value!r} (e.g. 2026-11-01 or 2026-11-01T09:00)"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def usage_error(message: str) -> CliError:
+    """A bad argument found after parsing (e.g. a queue the config does not know): exit 2."""
+    return CliError(message, EX_USAGE)
 
 
 def database(settings: Settings, *, migrate: bool = True) -> Database:

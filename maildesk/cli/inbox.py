@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from maildesk.cli.common import EX_FAIL, EX_OK, CliError, database, print_json, settings
+from maildesk.cli.common import (
+    EX_FAIL,
+    EX_OK,
+    CliError,
+    database,
+    positive_int,
+    print_json,
+    settings,
+)
 from maildesk.cli.parser import Adder, group
 
 if TYPE_CHECKING:
@@ -38,12 +46,19 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     from maildesk.app import build_pipeline
+    from maildesk.domain import InboxState
     from maildesk.store import inbox
 
     loaded = settings(args)
     db = database(loaded)
-    if not inbox.requeue(db, args.id):
+    before = inbox.requeue(db, args.id)
+    if before is None:
         raise CliError(f"no inbox message {args.id}")
+    if before in (InboxState.PROCESSED, InboxState.DUPLICATE):
+        item = inbox.get(db, args.id)
+        ticket = f" (ticket #{item.ticket_id})" if item and item.ticket_id else ""
+        print(f"inbox {args.id}: already processed{ticket}; nothing to do")
+        return EX_OK
     outcome = build_pipeline(loaded, db).process(args.id)
     ticket = f" ticket #{outcome.ticket_id}" if outcome.ticket_id else ""
     print(f"inbox {args.id}: {outcome.state.value}{ticket} {outcome.reason or ''}".rstrip())
@@ -54,4 +69,5 @@ def register(sub: Any, add: Adder) -> None:
     ib = group(sub, "inbox", "raw intake")
     add(ib, "list", cmd_list, "list inbox messages").add_argument(
         "--failed", action="store_true")
-    add(ib, "retry", cmd_retry, "reprocess a message").add_argument("id", type=int)
+    add(ib, "retry", cmd_retry, "reprocess a failed message").add_argument(
+        "id", type=positive_int)

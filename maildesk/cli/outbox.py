@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from maildesk.cli.common import EX_OK, CliError, database, print_json, settings
+from maildesk.cli.common import EX_OK, CliError, database, positive_int, print_json, settings
 from maildesk.cli.parser import Adder, group
 
 if TYPE_CHECKING:
@@ -48,4 +48,4 @@ def register(sub: Any, add: Adder) -> None:
     ob = group(sub, "outbox", "outgoing mail")
     add(ob, "list", cmd_list, "list outgoing messages").add_argument(
         "--state", choices=["pending", "sent", "failed", "bounced"])
-    add(ob, "retry", cmd_retry, "send a failed message again").add_argument("id", type=int)
+    add(ob, "retry", cmd_retry, "send a failed message again").add_argument("id", type=positive_int)

@@ -9,7 +9,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 Adder = Callable[[Any, str, Callable[[argparse.Namespace], int], str], Any]
 
@@ -31,6 +31,14 @@ def group(sub: Any, name: str, hlp: str, dest: str = "sub") -> Any:
     """A command made of subcommands (`maildesk tickets list`)."""
     return sub.add_parser(name, help=hlp, formatter_class=_Formatter).add_subparsers(
         dest=dest, required=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with a one-line error: `maildesk tickets list: error: ...`, exit 2
+    (argparse prints the whole usage first, which buries the one line that matters)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -62,10 +70,10 @@ def _register(spec: str) -> Callable[[Any, Adder], None]:
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; with `only`, just that command's branch (argparse takes a few
     milliseconds per subcommand, and an MTA pipe starts one process per message)."""
-    common = argparse.ArgumentParser(add_help=False, formatter_class=_Formatter)
+    common = _Parser(add_help=False, formatter_class=_Formatter)
     common.add_argument("--config", help="config file (default: $MAILDESK_CONFIG)")
     common.add_argument("--json", action="store_true", help="print JSON")
-    p = argparse.ArgumentParser(prog="maildesk", description="Email-driven help desk.",
+    p = _Parser(prog="maildesk", description="Email-driven help desk.",
                                 formatter_class=_Formatter)
     sub = p.add_subparsers(dest="command", required=True)
 

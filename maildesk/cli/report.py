@@ -5,19 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from maildesk.cli.common import EX_OK, database, print_json, settings
+from maildesk.cli.common import EX_OK, database, iso_time, print_json, settings
 from maildesk.cli.parser import Adder
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
-
     from maildesk.report import TicketFacts, report
     from maildesk.store import tickets
 
-    since = datetime.fromisoformat(args.since) if args.since else None
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
+    since = args.since
     with database(settings(args)).read() as s:
         facts = [TicketFacts(
             queue=t.queue, assignee=t.assignee, status=t.status, created_at=t.created_at,
@@ -44,4 +40,4 @@ def _hours(seconds: float | None) -> str:
 
 def register(sub: Any, add: Adder) -> None:
     add(sub, "report", cmd_report, "volumes, response and resolution times").add_argument(
-        "--since", help="ISO date or time, e.g. 2026-11-01")
+        "--since", type=iso_time, help="ISO date or time, e.g. 2026-11-01")

@@ -161,6 +161,12 @@ class Settings(_Model):
             raise _fail(problems)
         return v
 
+    def secret_problems(self) -> list[str]:
+        """Secrets that connecting needs and that are missing or unreadable, one
+        "key.path: problem" line each (the mailboxes' passwords)."""
+        return [f"mailboxes[{i}].password: {why}" for i, m in enumerate(self.mailboxes)
+                if (why := m.missing_password())]
+
     @property
     def default_queue(self) -> str:
         return self.desk.default_queue

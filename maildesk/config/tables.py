@@ -279,10 +279,7 @@ class Mailbox(_Model):
             return v
         if v is not None and d["password_file"] is not None:
             raise ValueError("set password or password_file, not both")
-        env = mailbox_password_env(d["name"])
-        if v is None and d["password_file"] is None and not os.environ.get(env):
-            raise ValueError(f"required: set password, password_file or {env}")
-        return v
+        return v  # a missing one is `missing_password`: only what connects needs it
 
     @field_validator("processed_folder")
     @classmethod
@@ -295,6 +292,18 @@ class Mailbox(_Model):
     def password_env(self) -> str:
         return mailbox_password_env(self.name)
 
+    def missing_password(self) -> str | None:
+        """Why this mailbox has no password to log in with (None: it has one, readable).
+        Asked by what connects (`serve`) and by `check-config`, never when the config is
+        loaded: `tickets list` and the other read-only commands need no mailbox secret."""
+        try:
+            self.resolved_password()
+        except ConfigError as exc:
+            if self.password_file is not None:
+                return "; ".join(exc.problems)
+            return f"required: set password, password_file or {self.password_env}"
+        return None
+
     def resolved_password(self) -> str:
         """The env variable, else password_file (read now, so rotation works), else password."""
         env = os.environ.get(self.password_env)
@@ -302,8 +311,9 @@ class Mailbox(_Model):
             return env
         if self.password_file is not None:
             return _read_secret(self.password_file, f"mailbox {self.name!r} password_file")
-        if self.password is None:  # only when the environment changed since loading
-            raise ConfigError([f"mailbox {self.name!r}: no password"])
+        if self.password is None:
+            raise ConfigError([f"mailbox {self.name!r}: no password (set password, "
+                               f"password_file or {self.password_env})"])
         return self.password
 
 
@@ -325,8 +335,37 @@ class Queue(_Model):
 # ---------------------------------------------------------------- small tables
 
 
+# Subjects that never join a ticket by subject alone (SPEC §2.2 rule 4), compared after
+# Re:/Fwd: prefixes, the ticket tag and the punctuation around them are stripped, case
+# ignored. English, German, Spanish, French, Italian, Portuguese, Dutch, Swedish,
+# Polish, Turkish and Russian.
+GENERIC_SUBJECTS = (
+    "(no subject)", "no subject", "your mail", "your email", "your e-mail", "your message",
+    "help", "question", "hello", "hi", "test", "urgent", "info", "information", "request",
+    "(kein betreff)", "kein betreff", "ohne betreff", "ihre nachricht", "ihre e-mail",
+    "ihre mail", "deine nachricht", "deine mail", "hilfe", "frage", "hallo", "dringend",
+    "(sin asunto)", "sin asunto", "su correo", "tu correo", "su mensaje", "tu mensaje",
+    "ayuda", "pregunta", "consulta", "hola", "prueba", "urgente",
+    "(sans objet)", "sans objet", "votre message", "votre mail", "votre courriel",
+    "ton message", "aide", "bonjour", "salut", "urgent",
+    "(nessun oggetto)", "senza oggetto", "la tua mail", "la sua mail", "il tuo messaggio",
+    "il suo messaggio", "aiuto", "domanda", "ciao", "salve", "prova",
+    "(sem assunto)", "sem assunto", "seu email", "seu e-mail", "sua mensagem", "ajuda",
+    "pergunta", "dúvida", "olá", "ola", "oi", "teste",
+    "(geen onderwerp)", "geen onderwerp", "uw bericht", "je bericht", "uw e-mail", "uw mail",
+    "hulp", "vraag",
+    "(inget ämne)", "inget ämne", "ditt meddelande", "ditt mejl", "hjälp", "fråga", "hej",
+    "brådskande",
+    "(brak tematu)", "brak tematu", "twoja wiadomość", "pomoc", "pytanie", "cześć", "pilne",
+    "(konu yok)", "konu yok", "mesajınız", "yardım", "soru", "merhaba", "acil",
+    "(без темы)", "без темы", "ваше письмо", "помощь", "вопрос", "привет", "здравствуйте",
+    "тест", "срочно",
+)
+
+
 class Threading(_Model):
     subject_window: Duration = timedelta(days=7)  # 0 turns the subject fallback off
+    generic_subjects: list[str] = list(GENERIC_SUBJECTS)  # [] lets every subject join
 
 
 class Loop(_Model):

@@ -16,7 +16,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -168,6 +168,13 @@ class _Connections:
         self.live: set[DeskSMTP] = set()
 
 
+_TOO_BIG = {
+    "552 Error: Too much mail data": "552 5.3.4 Message too big for this server",
+    "552 Error: message size exceeds fixed maximum message size":
+        "552 5.3.4 Message size exceeds the fixed maximum message size",
+}
+
+
 class DeskSMTP(SMTP):
     """aiosmtpd's SMTP with a connection limit (421 beyond it) and a graceful close."""
 
@@ -194,6 +201,14 @@ class DeskSMTP(SMTP):
             return
         self._connections.live.discard(self)
         super().connection_lost(error)
+
+    async def push(self, status: AnyStr) -> None:
+        """aiosmtpd's replies, with the enhanced status code (RFC 3463) on the size
+        rejections it writes itself: `552 5.3.4` at MAIL FROM SIZE= and at DATA."""
+        if isinstance(status, str) and status in _TOO_BIG:
+            await super().push(_TOO_BIG[status])
+            return
+        await super().push(status)
 
     @property
     def in_transaction(self) -> bool:

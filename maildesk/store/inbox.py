@@ -239,17 +239,21 @@ def record_failure(db: Database, inbox_id: int, reason: str) -> None:
         s.add(row)
 
 
-def requeue(db: Database, inbox_id: int) -> bool:
-    """`maildesk inbox retry`: put a failed (or ignored) message back in the queue."""
+def requeue(db: Database, inbox_id: int) -> InboxState | None:
+    """`maildesk inbox retry`: put a failed (or ignored) message back in the queue, once.
+    Returns the state it was in (None: no such message); a processed or duplicate one
+    is left alone, so a retry never stores a message twice."""
     with db.write() as s:
         row = s.get(InboxRow, inbox_id)
         if row is None:
-            return False
-        row.state = InboxState.QUEUED.value
-        row.attempts = 0
-        row.claimed_until = None
-        s.add(row)
-        return True
+            return None
+        state = InboxState(row.state)
+        if state in (InboxState.FAILED, InboxState.IGNORED):
+            row.state = InboxState.QUEUED.value
+            row.attempts = 0
+            row.claimed_until = None
+            s.add(row)
+        return state
 
 
 def list_items(
