@@ -42,8 +42,12 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
     loaded = settings(args)
     db = database(loaded)
-    if not inbox.requeue(db, args.id):
+    was = inbox.requeue(db, args.id)
+    if was is None:
         raise CliError(f"no inbox message {args.id}")
+    if was not in inbox.RETRYABLE:
+        raise CliError(f"inbox message {args.id} is {was.value}: only failed or ignored "
+                       "messages are processed again")
     outcome = build_pipeline(loaded, db).process(args.id)
     ticket = f" ticket #{outcome.ticket_id}" if outcome.ticket_id else ""
     print(f"inbox {args.id}: {outcome.state.value}{ticket} {outcome.reason or ''}".rstrip())
