@@ -14,10 +14,11 @@ the threading decision and the text, and changes nothing:
 Only a reply is relayed to the customer; a rejected mail gets the agent a
 `command_error` naming each bad line and why.
 
-`merge_step` and `apply` then run the commands on the ticket record inside
-`ticketing.store_message`, before its one save: merge first (the other commands change
-the merge target), then status, assignee, priority, tags, queue. A relayed reply on an
-unassigned ticket assigns it to the agent who wrote it.
+`threading` adjusts the threading decision for agent mail first (never by subject
+alone; a closed ticket keeps it). `merge_step` and `apply` then run the commands on the
+ticket record inside `ticketing.store_message`, before its one save: merge first (the
+other commands change the merge target), then status, assignee, priority, tags, queue.
+A relayed reply on an unassigned ticket assigns it to the agent who wrote it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from maildesk.commands import (
     SetTags,
 )
 from maildesk.config import Settings
-from maildesk.domain import EntryKind, ParsedMail, Sender, Status, ThreadDecision
+from maildesk.domain import EntryKind, ParsedMail, Sender, Status, ThreadDecision, ThreadRule
 from maildesk.reply_text import dropped_lines, new_text
 from maildesk.store import tickets
 from maildesk.thread import ThreadLookup
@@ -97,6 +98,22 @@ class AgentPlan:
         return lines
 
 
+def threading(decision: ThreadDecision) -> ThreadDecision:
+    """Agents' mail threads by what they answer (reply address, tag, references): it
+    never joins by subject alone (their "Welcome" to one customer is not another's), and
+    on a closed ticket it stays there (as a note; agent_mail refuses its commands)
+    instead of opening a new ticket, as a customer's would."""
+    if decision.rule is ThreadRule.SUBJECT_WINDOW:
+        return ThreadDecision(None, ThreadRule.NEW_TICKET,
+                              "no rule matched: new ticket (agent mail never joins by subject)")
+    if decision.rule is not ThreadRule.REOPEN_CLOSED or not decision.link_to:
+        return decision
+    closed = decision.link_to[0]
+    return ThreadDecision(closed, decision.rule,
+                          f"{decision.reason.rpartition(';')[0]}; ticket #{closed} is closed: "
+                          "agent mail is kept on it")
+
+
 def context(settings: Settings, me: str) -> commands.Context:
     """What `#assignee`, `#queue` and `#requester` values are checked against."""
     names = [settings.default_queue, *(q.name for q in settings.queues)]
@@ -106,10 +123,11 @@ def context(settings: Settings, me: str) -> commands.Context:
 
 def plan(
     mail: ParsedMail, *, sender: Sender, automatic: str | None, decision: ThreadDecision,
-    lookup: ThreadLookup, ctx: commands.Context, secret: str,
+    lookup: ThreadLookup, settings: Settings,
 ) -> AgentPlan:
     """How to handle this mail from an agent address (see the module docstring)."""
     agent = sender.address or ""
+    ctx, secret = context(settings, agent), settings.desk.secret
 
     def made(handling: Handling, text: str, withheld: tuple[str, ...],
              parsed: commands.Parsed = _NOTHING,

@@ -323,11 +323,9 @@ class Pipeline:
         )
         agent = None
         if sender.is_agent:
-            decision = _for_agents(decision)
-            agent = agent_mail.plan(
-                mail, sender=sender, automatic=classification.automatic, decision=decision,
-                lookup=lookup, ctx=agent_mail.context(settings, sender.address or ""),
-                secret=settings.desk.secret)
+            decision = agent_mail.threading(decision)
+            agent = agent_mail.plan(mail, sender=sender, automatic=classification.automatic,
+                                    decision=decision, lookup=lookup, settings=settings)
         trace = Trace(classification, sender, decision, agent)
 
         if (classification.automatic and decision.ticket_id is None
@@ -395,22 +393,6 @@ class Pipeline:
         ctx = RuleContext(is_new_ticket=decision.ticket_id is None,
                           business_hours=self.hours.is_open(now.astimezone(self.hours_tz)))
         return evaluate_rules(self.settings.rules, mail, ctx)
-
-
-def _for_agents(decision: ThreadDecision) -> ThreadDecision:
-    """Agents' mail threads by what they answer (reply address, tag, references): it
-    never joins by subject alone (their "Welcome" to one customer is not another's), and
-    on a closed ticket it stays there (as a note; agent_mail refuses its commands)
-    instead of opening a new ticket, as a customer's would."""
-    if decision.rule is ThreadRule.SUBJECT_WINDOW:
-        return ThreadDecision(None, ThreadRule.NEW_TICKET,
-                              "no rule matched: new ticket (agent mail never joins by subject)")
-    if decision.rule is not ThreadRule.REOPEN_CLOSED or not decision.link_to:
-        return decision
-    closed = decision.link_to[0]
-    return ThreadDecision(closed, decision.rule,
-                          f"{decision.reason.rpartition(';')[0]}; ticket #{closed} is closed: "
-                          "agent mail is kept on it")
 
 
 def _recipients(envelope_to: Sequence[str], mail: ParsedMail) -> list[str]:
