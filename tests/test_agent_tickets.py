@@ -75,6 +75,10 @@ def test_merge_moves_the_ticket_into_the_target_and_later_mail_follows(desk: Des
     out = desk.ingest(message(frm="carol.work@corp.example", to=reply_to, subject="Re: x",
                               body="Thanks!"), envelope_to=(reply_to,))
     assert out.ticket_id == target
+    # and so does mail that only references a message of the source
+    out = desk.ingest(message(frm="erin@corp.example", subject="Re: Printer again",
+                              in_reply_to="<s1@corp.example>", body="Me too."))
+    assert out.ticket_id == target
 
 
 @pytest.mark.parametrize("into", ["closed", "unknown", "itself"])
