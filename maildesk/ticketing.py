@@ -78,8 +78,9 @@ def store_message(
         _move_status(ticket, kind, now)
     if kind in (EntryKind.CUSTOMER, EntryKind.AGENT_REPLY):
         ticket.last_activity_at = now
-    if kind is EntryKind.CUSTOMER:
-        ticket.last_customer_at = now
+    if kind is EntryKind.CUSTOMER or (agent is not None and agent.requester):
+        if kind is EntryKind.CUSTOMER:
+            ticket.last_customer_at = now
         people = [p for p in _people(settings, mail, sender) if p != ticket.requester]
         tickets.add_participants(s, ticket.id, people, new=new_ticket)
     if kind is EntryKind.AGENT_REPLY:

@@ -16,6 +16,7 @@ from maildesk.domain import EntryKind, Status
 from maildesk.store.tables import TicketRow
 from tests.agent_helpers import (
     ALICE,
+    BOB,
     DKIM_PASS,
     answer,
     notification,
@@ -118,14 +119,18 @@ def test_an_agent_opens_a_ticket_for_a_customer_with_requester(desk: Desk) -> No
 
     internal = out.ticket_id
     out = desk.ingest(raw.replace(b"Carol <carol@customer.example>", b"carol@customer.example")
-                      .replace(b"req1@", b"req2@"))
+                      .replace(b"req1@", b"req2@")
+                      .replace(b"To: support@example.com",
+                               b"To: support@example.com\nCc: frank@customer.example, "
+                               + BOB.encode()))
     assert out.ticket_id is not None and out.ticket_id != internal  # never joins by subject
     ticket = desk.ticket(out.ticket_id)
     assert (ticket.requester, ticket.priority.value, ticket.status) == (
         "carol@customer.example", "high", Status.PENDING)
+    assert ticket.cc == ["frank@customer.example"]  # the agent's CCs, agents aside
     [relay] = rows(desk, template="agent_reply")
     msg = parsed(relay)
-    assert msg["To"] == "carol@customer.example"
+    assert msg["To"] == "carol@customer.example" and msg["Cc"] == "frank@customer.example"
     assert text_of(msg).startswith("Hi Carol,\n\nthe new printer ships today.\n")
     assert ALICE not in relay.raw.decode() and rows(desk, template="ack") == []
     # her answer to it lands on that ticket
