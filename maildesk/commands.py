@@ -1,7 +1,9 @@
 """Agent mail text -> typed commands (SPEC §2.4): pure, table-tested.
 
 Commands are the lines at the top of an agent's reply, before any other text; blank
-lines may stand between them. A command line is `#word value`, case-insensitive:
+lines may stand between them. A command line is `#word value` (or `#word: value`),
+case-insensitive; any line there that starts with `#` and a letter is taken as one, so
+a mistyped command is an error and never text for the customer:
 
     #status open|pending|solved|closed    #priority low|normal|high|urgent
     #assignee <email|me>                  #queue <name>
@@ -101,7 +103,9 @@ class Parsed:
         return [c for _, c in self.commands if isinstance(c, kind)]
 
 
-_LINE = re.compile(r"#([A-Za-z][A-Za-z_-]*)(?:\s+(.*))?")
+# `#` and a letter starts a command (a typo is an error, never text for the customer);
+# `# Heading` and `#1` are text. The value may follow a space or a colon.
+_LINE = re.compile(r"#([A-Za-z][A-Za-z_-]*)\s*:?\s*(.*)")
 _ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _TAG = re.compile(r"-?[\w.:+-]{1,64}")
 _SINGLE = (SetStatus, Assign, SetPriority, SetQueue, Merge, Requester)

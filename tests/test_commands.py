@@ -44,6 +44,8 @@ SECRET = "s3cret-s3cret"
     ("#note\nInternal only.\n#status closed", [Note()], "Internal only.\n#status closed"),
     ("#public\n\nHello", [Public()], "Hello"),
     ("#merge 12\n", [Merge(12)], ""),
+    ("#status: solved\n#priority:high", [SetStatus(Status.SOLVED), SetPriority(Priority.HIGH)],
+     ""),
     ("#merge #12", [Merge(12)], ""),
     ("#merge MD#7", [Merge(7)], ""),
     ("#requester Carol <carol@customer.example>", [], ""),  # not an address alone: error
@@ -64,6 +66,8 @@ def test_parse_reads_the_command_block_at_the_top(
 
 @pytest.mark.parametrize("text, line, why", [
     ("#frobnicate now\n#status solved\nText", "#frobnicate now", "unknown command #frobnicate"),
+    ("#status=solved\nText", "#status=solved", "not '=solved'"),  # an error, not text
+    ("#statussolved", "#statussolved", "unknown command #statussolved"),
     ("#status done", "#status done", "#status takes one of open|pending|solved|closed"),
     ("#status", "#status", "#status takes one of"),
     ("#status new", "#status new", "not 'new'"),
