@@ -109,18 +109,21 @@ def ticket_from_reply_address(
 
 
 def reply_target(
-    address: str, desk_addresses: Iterable[str], secret: str, agents: Iterable[str] = ()
+    address: str, desk_addresses: Iterable[str], secret: str, agents: Iterable[str] = (),
+    *, likely: str | None = None,
 ) -> ReplyTarget | None:
     """Which reply address this is: the customer's of a ticket, one agent's of a ticket,
-    or none (a bad token, another domain). The customer token is tried first, then each
-    agent's for that ticket id."""
+    or none (a bad token, another domain). The customer token is tried first, then the
+    `likely` agent's (the sender's), then every other agent's for that ticket id: an
+    HMAC each, so a desk with many agents pays for them only on a stranger's mail."""
     found = _desk_parts(address, desk_addresses)
     if found is None:
         return None
     number, tok = found
     if hmac.compare_digest(tok, token(secret, "ticket", number)):
         return ReplyTarget(number)
-    for agent in agents:
+    ordered = [likely] if likely else []
+    for agent in [*ordered, *(a for a in agents if a != likely)]:
         if hmac.compare_digest(tok, agent_token(secret, number, agent)):
             return ReplyTarget(number, agent.strip().lower())
     return None

@@ -150,8 +150,9 @@ def _by_token(
 ) -> ThreadDecision | None:
     """Rule 1: a customer's or an agent's reply address of a ticket. The sender's own
     agent address goes first, so an agent's mail lands where it is verified."""
+    likely = sender.address if sender.is_agent else None
     targets = [(r, t) for r in recipients if (t := addresses.reply_target(
-        r, policy.desk_addresses, policy.secret, policy.agents)) is not None]
+        r, policy.desk_addresses, policy.secret, policy.agents, likely=likely)) is not None]
     targets.sort(key=lambda rt: not (sender.is_agent and rt[1].agent == sender.address))
     for r, target in targets:
         ticket = lookup.ticket(target.ticket_id)
