@@ -1,7 +1,13 @@
 """Ticket reply addresses, VERP bounce addresses and the subject tag.
 
 `support+42-k3j9q2xa@example.com` routes a reply to ticket 42; the token is a
-truncated HMAC of the ticket id with `desk.secret`, so it cannot be guessed.
+truncated HMAC of the ticket id with `desk.secret`, so it cannot be guessed. That is
+the customer's reply address: customers and whoever they CC see it, so it threads
+but proves nothing about who writes. Each agent has a reply address of their own per
+ticket, same shape, whose token is an HMAC of the ticket id *and* the agent's
+lowercased address (purpose `agent:<address>`): it appears only in mail sent to that
+agent, so mail to it from that agent is theirs (SPEC §2.4). `reply_target` tells the
+two apart. Tokens are compared in constant time.
 `bounces+1234-9qk2m1zt@example.com` is the envelope sender of outbox message
 1234, so a bounce names exactly the message that bounced.
 """
@@ -13,6 +19,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 
 TOKEN_LENGTH = 8
@@ -43,6 +50,17 @@ def reply_address(desk_address: str, secret: str, ticket_id: int) -> str:
     return f"{local}+{ticket_id}-{token(secret, 'ticket', ticket_id)}@{domain}"
 
 
+@lru_cache(maxsize=4096)  # one per notification, asked again when its reply comes
+def agent_reply_address(desk_address: str, secret: str, ticket_id: int, agent: str) -> str:
+    """The reply address of ticket `ticket_id` that only `agent` is given."""
+    local, domain = _split(desk_address)
+    return f"{local}+{ticket_id}-{agent_token(secret, ticket_id, agent)}@{domain}"
+
+
+def agent_token(secret: str, ticket_id: int, agent: str) -> str:
+    return token(secret, f"agent:{agent.strip().lower()}", ticket_id)
+
+
 def bounce_address(desk_address: str, secret: str, outbox_id: int) -> str:
     _, domain = _split(desk_address)
     return f"{BOUNCE_LOCAL}+{outbox_id}-{token(secret, 'bounce', outbox_id)}@{domain}"
@@ -59,17 +77,67 @@ def _plus_parts(address: str) -> tuple[str, int, str, str] | None:
     return m["base"], int(m["id"]), m["token"], domain
 
 
-def ticket_from_reply_address(
-    address: str, desk_addresses: Iterable[str], secret: str
-) -> int | None:
-    """The ticket id of a reply address with a valid token, else None."""
+@dataclass(frozen=True)
+class ReplyTarget:
+    """What a valid reply address names: the ticket, and the agent it was given to
+    (None: the customer's reply address)."""
+
+    ticket_id: int
+    agent: str | None = None
+
+
+def _desk_parts(address: str, desk_addresses: Iterable[str]) -> tuple[int, str] | None:
+    """(ticket id, token) of a `+` form of a desk address, else None."""
     parts = _plus_parts(address)
     if parts is None:
         return None
     base, number, tok, domain = parts
     if f"{base}@{domain}" not in {a.lower() for a in desk_addresses}:
         return None
+    return number, tok
+
+
+def ticket_from_reply_address(
+    address: str, desk_addresses: Iterable[str], secret: str
+) -> int | None:
+    """The ticket id of a customer reply address with a valid token, else None."""
+    found = _desk_parts(address, desk_addresses)
+    if found is None:
+        return None
+    number, tok = found
     return number if hmac.compare_digest(tok, token(secret, "ticket", number)) else None
+
+
+def reply_target(
+    address: str, desk_addresses: Iterable[str], secret: str, agents: Iterable[str] = (),
+    *, likely: str | None = None,
+) -> ReplyTarget | None:
+    """Which reply address this is: the customer's of a ticket, one agent's of a ticket,
+    or none (a bad token, another domain). The customer token is tried first, then the
+    `likely` agent's (the sender's), then every other agent's for that ticket id: an
+    HMAC each, so a desk with many agents pays for them only on a stranger's mail."""
+    found = _desk_parts(address, desk_addresses)
+    if found is None:
+        return None
+    number, tok = found
+    if hmac.compare_digest(tok, token(secret, "ticket", number)):
+        return ReplyTarget(number)
+    ordered = [likely] if likely else []
+    for agent in [*ordered, *(a for a in agents if a != likely)]:
+        if hmac.compare_digest(tok, agent_token(secret, number, agent)):
+            return ReplyTarget(number, agent.strip().lower())
+    return None
+
+
+def agent_ticket_from_address(
+    address: str, desk_addresses: Iterable[str], secret: str, agent: str
+) -> int | None:
+    """The ticket id when `address` is `agent`'s own reply address of it, else None."""
+    found = _desk_parts(address, desk_addresses)
+    if found is None:
+        return None
+    number, tok = found
+    return number if hmac.compare_digest(tok, agent_token(secret, number, agent)) else None
 
 
 def outbox_from_bounce_address(address: str, desk_address: str, secret: str) -> int | None:

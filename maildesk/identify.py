@@ -1,9 +1,11 @@
 """Who sent a message: a customer, or an agent, and whether the agent is verified (SPEC §2.4).
 
-An agent address alone proves nothing (From is trivially forged). Agent mail
-counts as the agent's only when it was sent to a ticket's reply address with
-a valid token, or a trusted server vouches for it with DKIM for the agent's
-domain in Authentication-Results.
+An agent address alone proves nothing (From is trivially forged), and neither does
+the ticket's customer reply address: the customer and everyone they CC have it. Agent
+mail counts as the agent's only when it was sent to that agent's own reply address
+of a ticket (`addresses.agent_reply_address`, given only in mail to that agent), or a
+trusted server vouches for it with DKIM for the agent's domain in
+Authentication-Results. `why` says which, or why not, for `explain`.
 """
 
 from __future__ import annotations
@@ -31,15 +33,33 @@ def identify(
     addr = mail.from_addr
     if not addr or addr not in agents:
         return Sender(addr, is_agent=False, verified=False, why="not an agent address")
+    recipients = list(recipients)
     for r in recipients:
-        ticket = addresses.ticket_from_reply_address(r, desk_addresses, secret)
+        ticket = addresses.agent_ticket_from_address(r, desk_addresses, secret, addr)
         if ticket is not None:
-            return Sender(addr, True, True, f"agent, sent to the reply address of ticket #{ticket}")
+            return Sender(addr, True, True,
+                          f"agent, sent to their own reply address of ticket #{ticket}")
     domain = addr.rpartition("@")[2]
     for header in auth_results:
         if dkim_pass_for(header, domain, trusted_authserv_ids):
             return Sender(addr, True, True, f"agent, DKIM pass for {domain} by a trusted server")
-    return Sender(addr, True, False, "agent address, but neither reply token nor trusted DKIM")
+    return Sender(addr, True, False, "agent address, but " + _not_theirs(
+        recipients, agents=agents, desk_addresses=desk_addresses, secret=secret, addr=addr))
+
+
+def _not_theirs(recipients: list[str], *, agents: frozenset[str],
+                desk_addresses: frozenset[str], secret: str, addr: str) -> str:
+    """Why mail from an agent address is not verified, for `explain` and the entry."""
+    for r in recipients:
+        target = addresses.reply_target(r, desk_addresses, secret, agents)
+        if target is None:
+            continue
+        if target.agent is None:
+            return (f"sent to the customer's reply address of ticket #{target.ticket_id}, "
+                    "which proves nothing, and no trusted DKIM")
+        return (f"sent to another agent's reply address of ticket #{target.ticket_id}, "
+                "and no trusted DKIM")
+    return "not sent to their own reply address, and no trusted DKIM"
 
 
 def dkim_pass_for(header: str, domain: str, trusted: Iterable[str]) -> bool:

@@ -32,9 +32,16 @@ _HTML_DROPPED = [(re.compile("<!--"), re.compile("-->"))] + [
     for tag in ("script", "style", "title")
 ]
 _TAG = re.compile(r"</?([a-zA-Z][a-zA-Z0-9]*)[^<>]*>|<[!?][^<>]*>")
-_BLOCK_TAGS = frozenset({"address", "article", "blockquote", "br", "dd", "div", "dl", "dt",
-                         "footer", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li",
-                         "ol", "p", "pre", "section", "table", "tr", "ul"})
+# How HTML breaks lines, as a browser shows it: a block starts a line (Gmail writes every
+# line as a <div>), a paragraph-like block also leaves a blank line, and a <br> ends one.
+_BLOCK_TAGS = frozenset({"address", "article", "dd", "div", "dl", "dt", "footer", "header",
+                         "li", "section", "tr"})
+_PARAGRAPH_TAGS = frozenset({"blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "ol",
+                             "p", "pre", "table", "ul"})
+_HARD, _PARAGRAPH, _SOFT = "\x01", "\x02", "\x03"  # markers between tags and line breaks
+_BREAKS = re.compile(" ?(?:[\x01\x02\x03] ?)+")  # spaces are single by then: linear
+_SPACES = re.compile(" {2,}")
+_CELL_TAGS = frozenset({"td", "th"})
 _MIME_TYPES = mimetypes.MimeTypes()  # the built-in table only: same names on every host
 
 
@@ -217,7 +224,8 @@ def html_to_text(html: str) -> str:
     A linear scan: html.parser is quadratic on unclosed tags ("<a<a<a...")."""
     for start, end in _HTML_DROPPED:
         html = _drop_between(html, start, end)
-    text = _TAG.sub(_tag_break, " ".join(html.split()))
+    html = " ".join(html.translate(_NO_MARKERS).split())
+    text = _BREAKS.sub(_line_breaks, _SPACES.sub(" ", _TAG.sub(_tag_break, html)))
     lines = (" ".join(line.split()) for line in unescape(text).split("\n"))
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
@@ -235,5 +243,23 @@ def _drop_between(html: str, start: re.Pattern[str], end: re.Pattern[str]) -> st
     return "".join(kept)
 
 
+_NO_MARKERS = dict.fromkeys(map(ord, _HARD + _PARAGRAPH + _SOFT))
+
+
 def _tag_break(match: re.Match[str]) -> str:
-    return "\n" if (match[1] or "").lower() in _BLOCK_TAGS else ""
+    name = (match[1] or "").lower()
+    if name == "br":
+        return _HARD
+    if name in _PARAGRAPH_TAGS:
+        return _PARAGRAPH
+    return _SOFT if name in _BLOCK_TAGS else " " if name in _CELL_TAGS else ""
+
+
+def _line_breaks(match: re.Match[str]) -> str:
+    """The line breaks a run of tags between two pieces of text makes: one for any block
+    or <br>, one more for each <br> after the first tag of the run (`a<br><br>b`, an
+    empty `<div><br></div>`; a <br> that just ends a block adds none), and at least a
+    blank line around a paragraph."""
+    run = match[0].replace(" ", "")
+    newlines = 1 + run[1:].count(_HARD)
+    return "\n" * (max(newlines, 2) if _PARAGRAPH in run else newlines)

@@ -28,7 +28,8 @@ from typing import Protocol
 
 from sqlmodel import Session
 
-from maildesk import ticketing
+from maildesk import agent_mail, ticketing
+from maildesk.agent_mail import AgentPlan
 from maildesk.classify import classify
 from maildesk.config import Settings, parse_business_hours
 from maildesk.domain import (
@@ -83,6 +84,18 @@ class Change:
     new_ticket: bool
     now: datetime
     rules: RuleOutcome = RuleOutcome()
+    agent: AgentPlan | None = None  # agent mail: what it does (relay, note, command error)
+
+
+@dataclass
+class Trace:
+    """What the steps found for one message, for `explain`."""
+
+    classification: Classification | None = None
+    sender: Sender | None = None
+    decision: ThreadDecision | None = None
+    agent: AgentPlan | None = None
+    actions: list[str] = field(default_factory=list)
 
 
 class Reactor(Protocol):
@@ -101,6 +114,7 @@ class Explanation:
     classification: Classification | None = None
     sender: Sender | None = None
     decision: ThreadDecision | None = None
+    agent: AgentPlan | None = None
     outcome: Outcome | None = None
     actions: list[str] = field(default_factory=list)
 
@@ -122,6 +136,7 @@ class Pipeline:
             subject_window=settings.threading.subject_window,
             generic_subjects=generic_keys(settings.threading.generic_subjects,
                                           settings.desk.ticket_prefix),
+            agents=settings.agent_addresses(),
         )
         # Business hours for rule conditions: the first SLA policy's, else Mon-Fri 09-18.
         first = settings.sla[0] if settings.sla else None
@@ -262,7 +277,9 @@ class Pipeline:
                 outcome, trace = self._apply(s, inbox.envelope_of(inbox_id, row), mail,
                                              self.reactors)
                 result.outcome = outcome
-                result.classification, result.sender, result.decision, result.actions = trace
+                result.classification, result.sender = trace.classification, trace.sender
+                result.decision, result.agent = trace.decision, trace.agent
+                result.actions = trace.actions
                 raise _DryRun
         except _DryRun:
             pass
@@ -279,8 +296,7 @@ class Pipeline:
     def _apply(
         self, s: Session, row: inbox.Envelope, mail: ParsedMail, reactors: Sequence[Reactor],
         raw: bytes | None = None,
-    ) -> tuple[Outcome, tuple[Classification | None, Sender | None,
-                              ThreadDecision | None, list[str]]]:
+    ) -> tuple[Outcome, Trace]:
         """All steps after parsing for one message. `mail` may be headers only (then `raw`
         is given): the body is read here when the handling depends on it, else later by
         `follow_up`."""
@@ -291,13 +307,12 @@ class Pipeline:
             reason = f"same message as inbox {twin_id}"
             inbox.mark(s, row.id, InboxState.DUPLICATE, reason=reason, ticket_id=twin_ticket,
                        now=now)
-            return Outcome(row.id, InboxState.DUPLICATE, twin_ticket, None, reason), (
-                None, None, None, [])
+            return Outcome(row.id, InboxState.DUPLICATE, twin_ticket, None, reason), Trace()
 
         junk = not_a_message(mail)
         if junk is not None:  # an empty input, binary data: stored, but no ticket
             inbox.mark(s, row.id, InboxState.IGNORED, reason=junk, now=now)
-            return Outcome(row.id, InboxState.IGNORED, None, None, junk), (None, None, None, [])
+            return Outcome(row.id, InboxState.IGNORED, None, None, junk), Trace()
 
         settings = self.settings
         classification = classify(mail, row.envelope_from, settings.desk_addresses())
@@ -313,8 +328,12 @@ class Pipeline:
             mail, recipients=recipients, sender=sender, lookup=lookup, policy=self.policy,
             now=now,
         )
-        trace: tuple[Classification | None, Sender | None, ThreadDecision | None, list[str]] = (
-            classification, sender, decision, [])
+        agent = None
+        if sender.is_agent:
+            decision = agent_mail.threading(decision)
+            agent = agent_mail.plan(mail, sender=sender, automatic=classification.automatic,
+                                    decision=decision, lookup=lookup, settings=settings)
+        trace = Trace(classification, sender, decision, agent)
 
         if (classification.automatic and decision.ticket_id is None
                 and not settings.loop.ticket_from_auto):
@@ -332,27 +351,27 @@ class Pipeline:
             s, settings=settings, mail=mail, envelope_from=row.envelope_from,
             recipients=recipients, classification=classification, sender=sender,
             decision=decision, inbox_id=row.id, now=now, rules=fired, lookup=lookup,
+            agent=agent,
         )
         inbox.mark(s, row.id, InboxState.PROCESSED, reason=decision.reason,
                    ticket_id=stored.ticket_id, entry_id=stored.entry_id, now=now)
         log.info("inbox %s <%s>: ticket #%s (%s)", row.id, mail.message_id or "",
                  stored.ticket_id, decision.rule.value)
+        outcome = Outcome(row.id, InboxState.PROCESSED, stored.ticket_id, stored.entry_id,
+                          decision.reason)
         if mail.headers_only:
             deferred.add(s, inbox_id=row.id, entry_id=stored.entry_id,
                          new_ticket=stored.new_ticket, reply_templates=fired.reply_templates,
                          notify=fired.notify, now=now)
-            return (Outcome(row.id, InboxState.PROCESSED, stored.ticket_id, stored.entry_id,
-                            decision.reason), (classification, sender, decision, []))
+            return outcome, trace
         change = Change(
             inbox_id=row.id, mail=mail, envelope_from=row.envelope_from,
             classification=classification, sender=sender, decision=decision,
             ticket_id=stored.ticket_id, entry_id=stored.entry_id, entry_kind=stored.kind.value,
-            new_ticket=stored.new_ticket, now=now, rules=fired,
+            new_ticket=stored.new_ticket, now=now, rules=fired, agent=agent,
         )
-        actions = [line for r in reactors for line in r.react(s, change)]
-        return (Outcome(row.id, InboxState.PROCESSED, stored.ticket_id, stored.entry_id,
-                        decision.reason), (classification, sender, decision, actions))
-
+        trace.actions.extend(line for r in reactors for line in r.react(s, change))
+        return outcome, trace
 
     def _identify(self, mail: ParsedMail, envelope_to: Sequence[str]) -> Sender:
         settings = self.settings

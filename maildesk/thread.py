@@ -58,6 +58,7 @@ class ThreadingPolicy:
     subject_window: timedelta
     # subject keys (`generic_keys`) that never join by subject alone: "help", "your mail"
     generic_subjects: frozenset[str] = frozenset()
+    agents: frozenset[str] = frozenset()  # their own reply addresses thread too (rule 1)
 
 
 def subject_key(subject: str, prefix: str) -> str:
@@ -125,7 +126,7 @@ def decide(
     recipients = [r.lower() for r in recipients]
     found = (
         _by_bounce_address(recipients, lookup, policy)
-        or _by_token(recipients, lookup, policy)
+        or _by_token(recipients, sender, lookup, policy)
         or _by_tag(mail, sender, lookup, policy)
         or _by_references(mail, lookup)
         or _by_subject(mail, sender, lookup, policy, now)
@@ -161,13 +162,19 @@ def _by_bounce_address(
 
 
 def _by_token(
-    recipients: list[str], lookup: ThreadLookup, policy: ThreadingPolicy
+    recipients: list[str], sender: Sender, lookup: ThreadLookup, policy: ThreadingPolicy
 ) -> ThreadDecision | None:
-    for r in recipients:
-        ticket_id = addresses.ticket_from_reply_address(r, policy.desk_addresses, policy.secret)
-        ticket = lookup.ticket(ticket_id) if ticket_id is not None else None
+    """Rule 1: a customer's or an agent's reply address of a ticket. The sender's own
+    agent address goes first, so an agent's mail lands where it is verified."""
+    likely = sender.address if sender.is_agent else None
+    targets = [(r, t) for r in recipients if (t := addresses.reply_target(
+        r, policy.desk_addresses, policy.secret, policy.agents, likely=likely)) is not None]
+    targets.sort(key=lambda rt: not (sender.is_agent and rt[1].agent == sender.address))
+    for r, target in targets:
+        ticket = lookup.ticket(target.ticket_id)
         if ticket:
-            return _join(ticket, ThreadRule.TOKEN_ADDRESS, f"sent to reply address {r}")
+            whose = "an agent's reply address" if target.agent else "reply address"
+            return _join(ticket, ThreadRule.TOKEN_ADDRESS, f"sent to {whose} {r}")
     return None
 
 

@@ -2,7 +2,9 @@
 
 Status moves (SPEC §2.3): a new ticket is `new`; a customer message on an
 existing ticket sets `open` (reopening `solved`); an agent's public reply sets
-`pending`; a note or an automatic message changes nothing.
+`pending`; a note or an automatic message changes nothing. An agent's commands
+(`agent_mail`) run after these moves and before the ticket's one save, so `#status`
+wins over the default and every field change is saved together.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from datetime import datetime
 
 from sqlmodel import Session
 
+from maildesk import agent_mail
 from maildesk.addresses import is_desk_recipient
+from maildesk.agent_mail import AgentPlan
 from maildesk.config import Settings
 from maildesk.domain import (
     Classification,
@@ -49,12 +53,14 @@ def store_message(
     recipients: Sequence[str], classification: Classification, sender: Sender,
     decision: ThreadDecision, inbox_id: int | None, now: datetime,
     rules: RuleOutcome | None = None, lookup: tickets.SessionLookup | None = None,
+    agent: AgentPlan | None = None,
 ) -> Stored:
-    kind = entry_kind(classification, sender)
+    kind = agent.entry_kind if agent else entry_kind(classification, sender)
     new_ticket = decision.ticket_id is None
     lookup = lookup or tickets.SessionLookup(s)
     if new_ticket:
-        ticket = _open_ticket(s, settings, mail, envelope_from, recipients, now)
+        ticket = _open_ticket(s, settings, mail, recipients, now,
+                              requester=agent.requester if agent else None)
     else:
         row = lookup.row(decision.ticket_id or 0)
         if row is None:
@@ -64,18 +70,24 @@ def store_message(
         tickets.merge(s, lookup, ticket, other, now)
     for other in decision.link_to:
         tickets.link(s, ticket.id, other, decision.reason)
+    changes: list[str] = []
+    if agent is not None:  # `#merge`: from here on, the target is the ticket
+        ticket, changes = agent_mail.merge_step(s, lookup, ticket, agent, now)
 
-    if not new_ticket:
+    if not new_ticket or kind is EntryKind.AGENT_REPLY:
         _move_status(ticket, kind, now)
     if kind in (EntryKind.CUSTOMER, EntryKind.AGENT_REPLY):
         ticket.last_activity_at = now
-    if kind is EntryKind.CUSTOMER:
-        ticket.last_customer_at = now
+    if kind is EntryKind.CUSTOMER or (agent is not None and agent.requester):
+        if kind is EntryKind.CUSTOMER:
+            ticket.last_customer_at = now
         people = [p for p in _people(settings, mail, sender) if p != ticket.requester]
         tickets.add_participants(s, ticket.id, people, new=new_ticket)
     if kind is EntryKind.AGENT_REPLY:
         ticket.agent_touched = True
         ticket.first_response_at = ticket.first_response_at or now
+    if agent is not None:
+        changes += agent_mail.apply(ticket, agent, now)
     if rules is not None:
         apply_rules(s, settings, ticket, rules)
     ticket.updated_at = now
@@ -84,22 +96,31 @@ def store_message(
     fallback = requester_of(mail)[1] if new_ticket else None
     entry_id = tickets.add_entry(
         s, ticket_id=ticket.id, kind=kind, from_addr=mail.from_addr or envelope_from,
-        subject=mail.subject, body=mail.display_body, now=now, message_id=mail.message_id,
-        inbox_id=inbox_id, verified=sender.verified if sender.is_agent else None,
+        subject=mail.subject, body=agent.text if agent else mail.display_body, now=now,
+        message_id=mail.message_id, inbox_id=inbox_id,
+        verified=sender.verified if sender.is_agent else None,
         thread_rule=decision.rule.value,
         thread_reason=f"{decision.reason}; {fallback}" if fallback else decision.reason,
         attachments=mail.attachments,
     )
+    if changes and agent is not None:  # the ticket's history says who changed what
+        tickets.add_entry(
+            s, ticket_id=ticket.id, kind=EntryKind.SYSTEM, from_addr=agent.agent,
+            subject=mail.subject, body=f"{agent.agent} by mail: {'; '.join(changes)}",
+            now=now, message_id=None, thread_rule=decision.rule.value,
+            thread_reason=f"commands of inbox message {inbox_id}")
     keys = [(k, "own") for k in own_keys(mail)] + [(k, "ref") for k in referenced_ids(mail)]
     tickets.add_refs(s, ticket.id, keys, new=new_ticket and not decision.merge)
     return Stored(ticket.id, entry_id, kind, new_ticket)
 
 
 def _open_ticket(
-    s: Session, settings: Settings, mail: ParsedMail, envelope_from: str | None,
-    recipients: Sequence[str], now: datetime,
+    s: Session, settings: Settings, mail: ParsedMail, recipients: Sequence[str],
+    now: datetime, requester: str | None = None,
 ) -> tickets.Ticket:
-    requester, _ = requester_of(mail)
+    """A new ticket; `requester` when an agent opens it for a customer (#requester)."""
+    reply_to = None if requester else (mail.reply_to[0] if mail.reply_to else None)
+    requester = requester or requester_of(mail)[0]
     queue = next(
         (q for q in (settings.queue_for_address(r) for r in recipients) if q),
         settings.default_queue,
@@ -107,8 +128,7 @@ def _open_ticket(
     subject = " ".join(mail.subject.split()) or "(no subject)"
     row = tickets.create(
         s, subject=subject[:998], subject_key=subject_key(subject, settings.desk.ticket_prefix),
-        requester=requester, reply_to=mail.reply_to[0] if mail.reply_to else None,
-        queue=queue, now=now,
+        requester=requester, reply_to=reply_to, queue=queue, now=now,
     )
     tickets.add_participants(s, row.id, [requester], role="requester", new=True)
     return row

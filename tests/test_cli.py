@@ -231,9 +231,10 @@ def test_report_counts_tickets_and_response_times(
     first = desk.ingest(message(msgid="<rep1@customer.example>"))
     desk.ingest(message(frm="other@customer.example", to="billing@example.com",
                         subject="Invoice"), envelope_to=("billing@example.com",))
-    reply_to = addresses.reply_address("support@example.com", SECRET, first.ticket_id or 0)
-    desk.ingest(message(frm="alice@agents.example.com", to=reply_to, subject="Re: Printer"),
-                envelope_to=(reply_to,))
+    own = addresses.agent_reply_address("support@example.com", SECRET, first.ticket_id or 0,
+                                        "alice@agents.example.com")
+    desk.ingest(message(frm="alice@agents.example.com", to=own, subject="Re: Printer"),
+                envelope_to=(own,))
     result = run_json(capsys, "report", "--config", str(config_path), "--json")
     assert isinstance(result, dict)
     total = result["total"]

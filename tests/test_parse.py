@@ -377,7 +377,7 @@ def test_content_hash_ignores_transport() -> None:
 
 
 def test_html_to_text_is_plain() -> None:
-    assert html_to_text("<p>a &lt; b</p><!-- x --><script>bad()</script>c") == "a < b\nc"
+    assert html_to_text("<p>a &lt; b</p><!-- x --><script>bad()</script>c") == "a < b\n\nc"
 
 
 def test_a_sign_off_is_the_writers_text() -> None:

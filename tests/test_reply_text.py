@@ -236,7 +236,7 @@ HTML: list[tuple[str, str, str, str]] = [
     ("thunderbird", "Re: x", THUNDERBIRD_HTML, "Done, thanks."),
     ("yahoo", "Re: x", YAHOO_HTML, "OK for me."),
     ("gmail-forward", "Fwd: Order", GMAIL_FORWARD_HTML,
-     "Please check.\n\n---------- Forwarded message ---------\nFrom: Shop\n\nYour order shipped."),
+     "Please check.\n\n---------- Forwarded message ---------\nFrom: Shop\nYour order shipped."),
     ("gmail-signature", "Re: x", GMAIL_SIGNATURE_HTML, "Call me back please."),
     ("hotmail", "Re: x", HOTMAIL_HTML, "Fine by me."),
 ]

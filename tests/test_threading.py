@@ -94,7 +94,27 @@ def test_agent_with_tag_joins_but_unverified_agent_mail_is_a_note(desk: Desk) ->
     assert desk.ticket(tid).status is Status.NEW  # a note changes nothing
 
 
-def test_agent_reply_to_reply_address_is_verified_and_sets_pending(desk: Desk) -> None:
+def test_agent_reply_to_their_own_reply_address_is_verified_and_sets_pending(
+    desk: Desk,
+) -> None:
+    tid = desk.ingest(message()).ticket_id
+    assert tid is not None
+    own = addresses.agent_reply_address("support@example.com", SECRET, tid,
+                                        "alice@agents.example.com")
+    out = desk.ingest(
+        message(frm="alice@agents.example.com", to=own, subject="Re: Printer on fire",
+                body="Unplug it."),
+        envelope_to=(own,),
+    )
+    assert out.ticket_id == tid
+    entry = desk.entries(tid)[1]
+    assert (entry.kind, entry.verified, entry.thread_rule) == (
+        EntryKind.AGENT_REPLY, True, ThreadRule.TOKEN_ADDRESS)
+    assert desk.ticket(tid).status is Status.PENDING
+
+
+def test_agent_from_to_the_customers_reply_address_threads_but_is_a_note(desk: Desk) -> None:
+    """The customer's reply address is in every ack: it proves nothing about who writes."""
     tid = desk.ingest(message()).ticket_id
     assert tid is not None
     reply_to = addresses.reply_address("support@example.com", SECRET, tid)
@@ -106,8 +126,8 @@ def test_agent_reply_to_reply_address_is_verified_and_sets_pending(desk: Desk) -
     assert out.ticket_id == tid
     entry = desk.entries(tid)[-1]
     assert (entry.kind, entry.verified, entry.thread_rule) == (
-        EntryKind.AGENT_REPLY, True, ThreadRule.TOKEN_ADDRESS)
-    assert desk.ticket(tid).status is Status.PENDING
+        EntryKind.NOTE, False, ThreadRule.TOKEN_ADDRESS)
+    assert desk.ticket(tid).status is Status.NEW
 
 
 def test_wrong_token_does_not_thread(desk: Desk) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from maildesk.cli.common import EX_OK, database, print_json, read_message, settings
 from maildesk.cli.parser import Adder
+
+if TYPE_CHECKING:
+    from maildesk.agent_mail import AgentPlan
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -29,6 +32,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "sender": asdict(sender) if sender else None,
         "thread": {"ticket": d.ticket_id, "rule": d.rule.value, "reason": d.reason,
                    "merge": list(d.merge), "link": list(d.link_to)} if d else None,
+        "agent": _agent_json(result.agent) if result.agent else None,
         "outcome": {"state": o.state.value, "ticket": o.ticket_id, "reason": o.reason}
         if o else None,
         "actions": result.actions,
@@ -45,12 +49,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if d:
         target = f"ticket #{d.ticket_id}" if d.ticket_id else "a new ticket"
         print(f"thread: {target} by rule {d.rule.value}: {d.reason}")
+    for line in result.agent.describe() if result.agent else []:
+        print(line)
+    if result.agent and result.agent.handling.value == "reply":
+        print("relayed text:\n" + "".join(f"  | {t}\n" for t in result.agent.text.split("\n")),
+              end="")
     if o:
         print(f"outcome: {o.state.value}" + (f" ({o.reason})" if o.reason else ""))
     for line in result.actions:
         print(f"action: {line}")
     print("(dry run: nothing was stored or sent)")
     return EX_OK
+
+
+def _agent_json(plan: AgentPlan) -> dict[str, Any]:
+    from maildesk.agent_mail import describe_command
+
+    return {"address": plan.agent, "verified": plan.verified, "why": plan.why,
+            "handling": plan.handling.value,
+            "commands": [{"line": line, "does": describe_command(c)} for line, c in plan.commands],
+            "errors": [{"line": e.line, "why": e.why} for e in plan.errors],
+            "text": plan.text, "withheld": list(plan.withheld)}
 
 
 def register(sub: Any, add: Adder) -> None:

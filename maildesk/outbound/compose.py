@@ -17,8 +17,9 @@ from enum import StrEnum
 from sqlmodel import Session
 
 from maildesk import addresses
+from maildesk.agent_text import MARKER
 from maildesk.config import Settings
-from maildesk.domain import ParsedMail
+from maildesk.domain import Attachment, ParsedMail
 from maildesk.outbound.render import (
     Headers,
     RenderError,
@@ -70,6 +71,9 @@ class Draft:
     thread: Thread = Thread()
     context: Mapping[str, object] = field(default_factory=dict)
     entry_id: int | None = None
+    cc: tuple[str, ...] = ()
+    reply_to: str | None = None  # None: the ticket's customer reply address
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,10 +91,13 @@ class Composer:
         self.templates = templates
 
     def queue(self, s: Session, ticket: Ticket, draft: Draft, now: datetime) -> Queued:
-        to, withheld = self._recipients(s, draft, now)
+        allowed, withheld = self._recipients(s, draft, now)
         what = f"{draft.template} for ticket #{ticket.id}"
-        if not to:
+        if not allowed:
             return Queued(None, (), f"withheld {what}: {'; '.join(withheld) or 'no recipient'}")
+        named = {a.strip().lower() for a in draft.to}
+        to = tuple(a for a in allowed if a in named) or allowed
+        cc = tuple(a for a in allowed if a not in to)
         try:
             rendered = self.templates.render(draft.template, self._context(ticket, draft, to))
         except RenderError as exc:
@@ -101,11 +108,12 @@ class Composer:
         message_id = new_message_id(desk.message_id_domain)
         index = thread_index(draft.thread.thread_index, now.timestamp())
         headers = Headers(
-            from_name=desk.name, from_addr=desk.address, to=to,
+            from_name=desk.name, from_addr=desk.address, to=to, cc=cc,
             subject=_tagged(rendered.subject or f"Re: {ticket.subject}", desk.ticket_prefix,
                             ticket.id),
             message_id=message_id, date=now,
-            reply_to=addresses.reply_address(desk.address, desk.secret, ticket.id),
+            reply_to=draft.reply_to or addresses.reply_address(desk.address, desk.secret,
+                                                               ticket.id),
             in_reply_to=draft.thread.in_reply_to, references=draft.thread.references,
             thread_topic=ticket.subject, thread_index=index,
             auto_submitted=None if draft.kind is MailKind.PERSONAL else draft.kind.value,
@@ -113,14 +121,15 @@ class Composer:
         )
         started = thread_index_key(draft.thread.thread_index) is None  # a root of our own
         outbox_id = outbox.reserve(
-            s, message_id=message_id, raw=build_message(headers, rendered), ticket_id=ticket.id,
-            entry_id=draft.entry_id, template=draft.template,
-            automatic=draft.kind is MailKind.AUTO_REPLY, recipients=to, now=now,
+            s, message_id=message_id, raw=build_message(headers, rendered, draft.attachments),
+            ticket_id=ticket.id, entry_id=draft.entry_id, template=draft.template,
+            automatic=draft.kind is MailKind.AUTO_REPLY, recipients=allowed, now=now,
             envelope_from=lambda i: addresses.bounce_address(desk.address, desk.secret, i),
             thread_index_root=thread_index_key(index) if started else None,
         )
         note = "; ".join(withheld)
-        return Queued(outbox_id, to, f"queued {what} to {', '.join(to)} (outbox {outbox_id})"
+        return Queued(outbox_id, allowed,
+                      f"queued {what} to {', '.join(allowed)} (outbox {outbox_id})"
                       + (f"; not to {note}" if note else ""))
 
     def _recipients(self, s: Session, draft: Draft, now: datetime) -> tuple[tuple[str, ...],
@@ -129,7 +138,7 @@ class Composer:
         desks = self.settings.desk_addresses()
         withheld: list[str] = []
         wanted: list[str] = []
-        for raw in dict.fromkeys(a.strip().lower() for a in draft.to):
+        for raw in dict.fromkeys(a.strip().lower() for a in (*draft.to, *draft.cc)):
             addr = safe_address(raw)
             if addr is None:
                 withheld.append(f"{raw!r} is not a usable address")
@@ -162,6 +171,7 @@ class Composer:
             },
             "recipient": to[0],
             "recipients": list(to),
+            "marker": MARKER,  # the first line of mail to agents: their reply is cut there
         }
         return {**base, **draft.context}
 

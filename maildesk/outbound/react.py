@@ -1,9 +1,12 @@
-"""The mail a stored change causes: acknowledgements, agent notifications, rule replies.
+"""The mail a stored change causes: acknowledgements, agent notifications, rule replies,
+and for agent mail the relay to the customer or the command error (`relay`).
 
 `OutboundReactor` is the pipeline's Reactor. It runs inside the processing transaction,
 so its outbox rows commit with the ticket change. Loop safety (SPEC §2.6): what classify
 calls automatic or bulk (which covers noreply senders and our own X-Loop) is never
 answered, and Composer holds the suppression list and the per-address hourly cap.
+A notification goes to each agent on their own, with Reply-To their own reply address of
+the ticket (`addresses.agent_reply_address`): their answer is then verified as theirs.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import logging
 
 from sqlmodel import Session
 
+from maildesk import addresses
 from maildesk.config import Settings
 from maildesk.domain import EntryKind, ParsedMail
-from maildesk.outbound import bounce
+from maildesk.outbound import bounce, relay
 from maildesk.outbound.compose import (
     Composer,
     Draft,
@@ -44,12 +48,13 @@ class OutboundReactor:
             return bounce.handle(session, self.settings, change)
         if change.classification.automatic:
             return [f"no mail: automatic message ({change.classification.automatic})"]
-        if change.entry_kind != EntryKind.CUSTOMER.value:
-            return []  # agent mail: relayed by the agent-command side
         ticket = tickets.get_row(session, change.ticket_id)
         if ticket is None:
             return []
-        lines = self._answer(session, ticket, change) + self._notify(session, ticket, change)
+        if change.entry_kind != EntryKind.CUSTOMER.value:
+            lines = relay.react(self.composer, session, ticket, change)
+        else:
+            lines = self._answer(session, ticket, change) + self._notify(session, ticket, change)
         for line in lines:
             log.info("inbox %s <%s>: %s", change.inbox_id, change.mail.message_id or "", line)
         return lines
@@ -78,10 +83,14 @@ class OutboundReactor:
         name = NEW_TICKET_AGENT if change.new_ticket else CUSTOMER_REPLY_AGENT
         names = {a.email: a.name for a in self.settings.agents}
         context = {"message": message_context(change.mail)}
+        desk = self.settings.desk
         return [self._queue(s, ticket, change, Draft(
             template=name, to=(addr,), kind=MailKind.NOTIFICATION,
             thread=Thread.answering(change.mail), entry_id=change.entry_id,
             context={**context, "agent": {"email": addr, "name": names.get(addr, "")}},
+            # an address given to this agent alone; others (rules' `notify`) answer as before
+            reply_to=addresses.agent_reply_address(desk.address, desk.secret, ticket.id, addr)
+            if addr in names else None,
         )).note for addr in targets]
 
     def _queue(self, s: Session, ticket: Ticket, change: Change, draft: Draft) -> Queued:

@@ -4,7 +4,9 @@ The only importer of jinja2. A template `NAME` is `NAME.txt` (required) and `NAM
 (optional); the first line of the text template is `Subject: ...`, the rest is the body.
 HTML is autoescaped, because customer-written subjects and bodies end up in it. Header
 values pass through `header_text`, which drops CR, LF and other controls: a subject such
-as "hi\\r\\nBcc: victim" can never add a header.
+as "hi\\r\\nBcc: victim" can never add a header. Attachments (an agent's, relayed) go as
+base64 parts with a checked media type and a sanitised file name (`safe_filename`;
+RFC 2231 for names that are not ASCII).
 """
 
 from __future__ import annotations
@@ -21,12 +23,18 @@ from datetime import datetime
 from email.utils import format_datetime, formataddr
 from functools import cache
 from pathlib import Path
+from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, TemplateError, select_autoescape
+
+from maildesk.domain import Attachment
+from maildesk.mimetext import safe_filename
 
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]+")
 _TEMPLATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[A-Za-z0-9.-]+")
+_TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}"
+_MEDIA_TYPE = re.compile(f"{_TOKEN}/{_TOKEN}")
 MAX_SUBJECT = 250
 MAX_REFERENCES = 20  # keep the newest ids: long chains make headers clients truncate anyway
 FILETIME_EPOCH = 116444736000000000  # 1601-01-01 to 1970-01-01 in 100 ns units
@@ -152,6 +160,7 @@ class Headers:
     message_id: str
     date: datetime
     reply_to: str | None = None
+    cc: Sequence[str] = ()
     in_reply_to: str | None = None
     references: Sequence[str] = ()
     thread_topic: str | None = None
@@ -160,8 +169,9 @@ class Headers:
     x_loop: str | None = None
 
 
-def build_message(h: Headers, body: Rendered) -> bytes:
-    """The message as CRLF bytes, ready for SMTP (the Maildir transport converts to LF).
+def build_message(h: Headers, body: Rendered, attachments: Sequence[Attachment] = ()) -> bytes:
+    """The message as CRLF bytes, ready for SMTP (the Maildir transport converts to LF),
+    with `attachments` as base64 parts after the text (multipart/mixed).
 
     Written by hand rather than through email.message: the header registry costs a few
     milliseconds per message, and every value here is already validated or sanitised."""
@@ -170,6 +180,7 @@ def build_message(h: Headers, body: Rendered) -> bytes:
     lines = [
         ("From", formataddr((header_text(h.from_name, 100), h.from_addr), "utf-8")),
         ("To", ", ".join(h.to)),
+        ("Cc", ", ".join(h.cc) or None),
         ("Reply-To", h.reply_to),
         ("Subject", _encoded(h.subject)),
         ("Date", format_datetime(h.date)),
@@ -184,15 +195,43 @@ def build_message(h: Headers, body: Rendered) -> bytes:
         ("X-Loop", h.x_loop),
         ("MIME-Version", "1.0"),
     ]
-    head = "".join(f"{name}: {value}\r\n" for name, value in lines if value)
+    head = "".join(f"{name}: {value}\r\n" for name, value in lines if value).encode("ascii")
+    if not attachments:
+        return head + _body_entity(body)
+    return head + _multipart("mixed", [_body_entity(body), *map(_attachment_part, attachments)])
+
+
+def _body_entity(body: Rendered) -> bytes:
+    """The text part, or text and HTML as multipart/alternative (headers included)."""
     if body.html is None:
-        return head.encode("ascii") + _text_part("plain", body.text)
-    boundary = "=_" + secrets.token_hex(12)
-    parts = (b"--" + boundary.encode() + b"\r\n" + _text_part("plain", body.text)
-             + b"\r\n--" + boundary.encode() + b"\r\n" + _text_part("html", body.html)
-             + b"\r\n--" + boundary.encode() + b"--\r\n")
-    return (head + f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'
-            ).encode("ascii") + parts
+        return _text_part("plain", body.text)
+    return _multipart("alternative", [_text_part("plain", body.text),
+                                      _text_part("html", body.html)])
+
+
+def _multipart(subtype: str, parts: Sequence[bytes]) -> bytes:
+    boundary = ("=_" + secrets.token_hex(12)).encode()
+    out = b'Content-Type: multipart/' + subtype.encode() + b'; boundary="' + boundary + b'"\r\n'
+    out += b"\r\n" + b"".join(b"--" + boundary + b"\r\n" + p + b"\r\n" for p in parts)
+    return out + b"--" + boundary + b"--\r\n"
+
+
+def _attachment_part(a: Attachment) -> bytes:
+    """One attachment: a checked media type, a safe file name, base64 in 76-character
+    lines. A name that is not ASCII goes as RFC 2231 `filename*` (and an RFC 2047 word
+    in the Content-Type `name`, which Outlook reads)."""
+    ctype = a.content_type.lower() if _MEDIA_TYPE.fullmatch(a.content_type) else ""
+    ctype = ctype or "application/octet-stream"
+    name = safe_filename(header_text(a.filename, 200), ctype)
+    if name.isascii() and name.isprintable() and '"' not in name and "\\" not in name:
+        disposition, type_name = f'filename="{name}"', f'"{name}"'
+    else:
+        disposition = "filename*=utf-8''" + quote(name, safe="")
+        type_name = '"' + _encoded(name).replace("\r\n ", " ") + '"'
+    data = base64.encodebytes(a.data).replace(b"\n", b"\r\n")
+    return (f"Content-Type: {ctype}; name={type_name}\r\n"
+            f"Content-Disposition: attachment; {disposition}\r\n"
+            "Content-Transfer-Encoding: base64\r\n\r\n").encode("ascii") + data
 
 
 def _text_part(subtype: str, text: str) -> bytes:

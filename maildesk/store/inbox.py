@@ -132,6 +132,14 @@ def load_raw(db: Database, ids: Sequence[int]) -> dict[int, bytes]:
     return {i: bytes(data) for i, data in rows}
 
 
+def raw_head(s: Session, inbox_id: int, limit: int = 256 * 1024) -> bytes | None:
+    """The first `limit` bytes of one inbox message (its header block, for threading
+    headers of an answer), inside the caller's transaction."""
+    found = raw(s).one("SELECT substr(raw, 1, ?) FROM inbox_raw WHERE inbox_id = ?",
+                       (limit, inbox_id))
+    return bytes(found[0]) if found and found[0] is not None else None
+
+
 def load_envelopes(s: Session, ids: Sequence[int]) -> dict[int, Envelope]:
     if not ids:
         return {}
@@ -240,20 +248,24 @@ def record_failure(db: Database, inbox_id: int, reason: str) -> None:
 
 
 def requeue(db: Database, inbox_id: int) -> InboxState | None:
-    """`maildesk inbox retry`: put a failed (or ignored) message back in the queue, once.
-    Returns the state it was in (None: no such message); a processed or duplicate one
-    is left alone, so a retry never stores a message twice."""
+    """`maildesk inbox retry`: put a failed (or ignored) message back in the queue. Returns
+    the state it was in (None: no such message); a processed or duplicate message stays
+    as it is, so retrying one never stores it, nor sends its mail, twice."""
     with db.write() as s:
         row = s.get(InboxRow, inbox_id)
         if row is None:
             return None
         state = InboxState(row.state)
-        if state in (InboxState.FAILED, InboxState.IGNORED):
-            row.state = InboxState.QUEUED.value
-            row.attempts = 0
-            row.claimed_until = None
-            s.add(row)
+        if state not in RETRYABLE:
+            return state
+        row.state = InboxState.QUEUED.value
+        row.attempts = 0
+        row.claimed_until = None
+        s.add(row)
         return state
+
+
+RETRYABLE = frozenset({InboxState.FAILED, InboxState.IGNORED, InboxState.QUEUED})
 
 
 def list_items(

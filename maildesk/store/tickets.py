@@ -255,6 +255,20 @@ def _add_attachments(s: Session, entry_id: int, attachments: Sequence[Attachment
                   hashlib.sha256(a.data).hexdigest(), a.data) for a in attachments])
 
 
+def participants(s: Session, ticket_id: int) -> list[tuple[str, str]]:
+    """(address, role) of everyone on the ticket, in the order they joined."""
+    return [(a, role) for a, role in raw(s).rows(
+        "SELECT address, role FROM participant WHERE ticket_id = ? ORDER BY id", (ticket_id,))]
+
+
+def last_customer_message(s: Session, ticket_id: int) -> tuple[str | None, int | None] | None:
+    """(Message-ID, inbox id) of the ticket's latest customer entry; None without one."""
+    found = raw(s).one(
+        "SELECT message_id, inbox_id FROM entry WHERE ticket_id = ? AND kind = ?"
+        " ORDER BY created_at DESC, id DESC LIMIT 1", (ticket_id, EntryKind.CUSTOMER.value))
+    return (found[0], found[1]) if found else None
+
+
 def link(s: Session, a: int, b: int, reason: str) -> None:
     r = raw(s)
     for x, y in ((a, b), (b, a)):
