@@ -21,7 +21,7 @@ mail, and all mail when a rule has a `body` condition.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -110,10 +110,12 @@ class _DryRun(Exception):
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, db: Database, reactors: Sequence[Reactor] = ()) -> None:
+    def __init__(self, settings: Settings, db: Database, reactors: Sequence[Reactor] = (),
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
         self.db = db
         self.reactors = list(reactors)
+        self.clock = clock  # the time of each change (tests set their own)
         self.policy = ThreadingPolicy(
             desk_addresses=settings.desk_addresses(),
             desk_address=settings.desk.address,
@@ -241,7 +243,7 @@ class Pipeline:
             decision=ThreadDecision(item.ticket_id, ThreadRule(item.thread_rule),
                                     item.thread_reason),
             ticket_id=item.ticket_id, entry_id=item.entry_id, entry_kind=item.entry_kind,
-            new_ticket=item.new_ticket, now=utcnow(),
+            new_ticket=item.new_ticket, now=self.clock(),
             rules=RuleOutcome(reply_templates=item.reply_templates, notify=item.notify),
         )
         for reactor in self.reactors:
@@ -282,7 +284,7 @@ class Pipeline:
         """All steps after parsing for one message. `mail` may be headers only (then `raw`
         is given): the body is read here when the handling depends on it, else later by
         `follow_up`."""
-        now = utcnow()
+        now = self.clock()
         twin = inbox.find_processed_twin(s, row)
         if twin is not None:
             twin_id, twin_ticket = twin

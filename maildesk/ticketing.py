@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlmodel import Session
 
+from maildesk import deadlines
 from maildesk.addresses import is_desk_recipient
 from maildesk.config import Settings
 from maildesk.domain import (
@@ -79,6 +80,8 @@ def store_message(
     if rules is not None:
         apply_rules(s, settings, ticket, rules)
     ticket.updated_at = now
+    deadlines.refresh(s, settings, ticket, now=now, customer_wrote=kind is EntryKind.CUSTOMER,
+                      agent_replied=kind is EntryKind.AGENT_REPLY, new=new_ticket)
     tickets.save(s, ticket)
 
     entry_id = tickets.add_entry(
