@@ -316,6 +316,11 @@ def view(s: Session, row: TicketRow | Ticket) -> TicketView:
         requester=row.requester, reply_to=row.reply_to, tags=row.tags.split(),
         cc=list(cc), created_at=row.created_at, updated_at=row.updated_at,
         merged_into=row.merged_into, linked=sorted(linked),
+        sla_policy=row.sla_policy, first_response_due=row.first_response_due,
+        first_response_at=row.first_response_at, next_response_due=row.next_response_due,
+        next_response_at=row.next_response_at if row.next_response_from else None,
+        resolution_due=row.resolution_due,
+        solved_at=row.solved_at if row.status in (Status.SOLVED, Status.CLOSED) else None,
     )
 
 
