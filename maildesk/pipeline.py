@@ -65,6 +65,7 @@ class Outcome:
     ticket_id: int | None = None
     entry_id: int | None = None
     reason: str | None = None
+    rules: RuleOutcome | None = None  # what the [[rules]] that fired set (explain shows it)
 
 
 @dataclass(frozen=True)
@@ -321,14 +322,15 @@ class Pipeline:
         if fired.drop:
             reason = f"dropped by rule {', '.join(fired.fired)}"
             inbox.mark(s, row.id, InboxState.IGNORED, reason=reason, now=now)
-            return Outcome(row.id, InboxState.IGNORED, None, None, reason), trace
+            return Outcome(row.id, InboxState.IGNORED, None, None, reason, fired), trace
 
         stored = ticketing.store_message(
             s, settings=settings, mail=mail, envelope_from=row.envelope_from,
             recipients=recipients, classification=classification, sender=sender,
             decision=decision, inbox_id=row.id, now=now, rules=fired, lookup=lookup,
         )
-        inbox.mark(s, row.id, InboxState.PROCESSED, reason=decision.reason,
+        why = processed_reason(decision, fired)
+        inbox.mark(s, row.id, InboxState.PROCESSED, reason=why,
                    ticket_id=stored.ticket_id, entry_id=stored.entry_id, now=now)
         log.info("inbox %s <%s>: ticket #%s (%s)", row.id, mail.message_id or "",
                  stored.ticket_id, decision.rule.value)
@@ -337,7 +339,7 @@ class Pipeline:
                          new_ticket=stored.new_ticket, reply_templates=fired.reply_templates,
                          notify=fired.notify, now=now)
             return (Outcome(row.id, InboxState.PROCESSED, stored.ticket_id, stored.entry_id,
-                            decision.reason), (classification, sender, decision, []))
+                            why, fired), (classification, sender, decision, []))
         change = Change(
             inbox_id=row.id, mail=mail, envelope_from=row.envelope_from,
             classification=classification, sender=sender, decision=decision,
@@ -346,7 +348,7 @@ class Pipeline:
         )
         actions = [line for r in reactors for line in r.react(s, change)]
         return (Outcome(row.id, InboxState.PROCESSED, stored.ticket_id, stored.entry_id,
-                        decision.reason), (classification, sender, decision, actions))
+                        why, fired), (classification, sender, decision, actions))
 
 
     def _identify(self, mail: ParsedMail, envelope_to: Sequence[str]) -> Sender:
@@ -376,6 +378,12 @@ class Pipeline:
         ctx = RuleContext(is_new_ticket=decision.ticket_id is None,
                           business_hours=self.hours.is_open(now.astimezone(self.hours_tz)))
         return evaluate_rules(self.settings.rules, mail, ctx)
+
+
+def processed_reason(decision: ThreadDecision, fired: RuleOutcome) -> str:
+    """The inbox reason of a stored message: the threading rule, then the rules that fired."""
+    rules = ", ".join(fired.fired) if fired.fired else "none fired"
+    return f"threading {decision.rule.value}: {decision.reason}; rules: {rules}"
 
 
 def _recipients(envelope_to: Sequence[str], mail: ParsedMail) -> list[str]:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from maildesk.cli.common import EX_OK, database, print_json, read_message, settings
 from maildesk.cli.parser import Adder
+
+if TYPE_CHECKING:
+    from maildesk.config import Settings
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -31,6 +35,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                    "merge": list(d.merge), "link": list(d.link_to)} if d else None,
         "outcome": {"state": o.state.value, "ticket": o.ticket_id, "reason": o.reason}
         if o else None,
+        "rules": fired_rules(loaded, o.rules.fired if o and o.rules else ()),
         "actions": result.actions,
     }
     if args.json:
@@ -45,12 +50,25 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if d:
         target = f"ticket #{d.ticket_id}" if d.ticket_id else "a new ticket"
         print(f"thread: {target} by rule {d.rule.value}: {d.reason}")
+    if not report["rules"]:
+        print("rules: none fired")
+    for rule in report["rules"]:
+        what = ", ".join(f"{k} {' '.join(v) if isinstance(v, list) else v}"
+                         for k, v in rule["set"].items())
+        print(f"rule fired: {rule['name']!r}: {what or 'sets nothing'}")
     if o:
         print(f"outcome: {o.state.value}" + (f" ({o.reason})" if o.reason else ""))
     for line in result.actions:
         print(f"action: {line}")
     print("(dry run: nothing was stored or sent)")
     return EX_OK
+
+
+def fired_rules(cfg: Settings, names: Sequence[str]) -> list[dict[str, Any]]:
+    """Each rule that fired, in order, with the actions it sets (its non-default `then`)."""
+    by_name = {r.name: r for r in cfg.rules}
+    return [{"name": n, "set": by_name[n].then.model_dump(mode="json", exclude_defaults=True)
+             if n in by_name else {}} for n in names]
 
 
 def register(sub: Any, add: Adder) -> None:
