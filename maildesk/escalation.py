@@ -129,11 +129,11 @@ def _send(s: Session, settings: Settings, composer: Composer, ticket: Ticket, po
     else:
         result.breaches += 1
     local = event.due.astimezone(policy.tzinfo)
-    context = {"sla": {"policy": policy.name, "target": event.target.label,
-                       "due": f"{local:%Y-%m-%d %H:%M} {local.tzname()}",
+    due = f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
+    context = {"sla": {"policy": policy.name, "target": event.target.label, "due": due,
                        "due_iso": event.due.isoformat(), "kind": event.kind.value}}
     names = {a.email: a.name for a in settings.agents}
-    what = f"ticket #{ticket.id}: {event.kind.value} for {event.target.label} due {local}"
+    what = f"ticket #{ticket.id}: {event.kind.value} for {event.target.label} due {due}"
     if not to:
         result.lines.append(f"{what}: nobody to tell (no assignee, no agents)")
     for addr in to:

@@ -124,6 +124,7 @@ class Scheduler:
         return result
 
     def start(self) -> None:
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line a tick otherwise
         self._timer = BackgroundScheduler(
             timezone=UTC, executors={"default": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
