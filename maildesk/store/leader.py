@@ -64,7 +64,11 @@ class AdvisoryLeader:
             self.conn = None
 
     def close(self) -> None:
-        """Give up leadership (the lock goes with the session)."""
+        """Give up leadership: unlock at once (closing the session would free the lock too,
+        but the server may take a moment to notice)."""
+        if self.leading and self.conn is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
         self._drop()
         self.engine.dispose()
 
