@@ -21,6 +21,7 @@ from sqlmodel import Session
 
 from maildesk import sla
 from maildesk.config import Settings
+from maildesk.store import Database, tickets
 from maildesk.store import sla as store
 from maildesk.store.tickets import Ticket
 
@@ -45,6 +46,36 @@ def refresh(s: Session, settings: Settings, ticket: Ticket, *, now: datetime,
     dues = sla.due(facts(s, ticket, new=new), policy)
     apply(ticket, policy.name, dues)
     return dues
+
+
+def recompute_open(db: Database, settings: Settings, now: datetime, batch: int = 1000) -> int:
+    """Due times of every unsolved ticket again, from its stored facts and the policies
+    of `settings` (after [[sla]] changed: `maildesk sla recompute`); returns how many
+    changed. Batches in id order, each in a write transaction holding the processing lock."""
+    changed, after = 0, 0
+    while True:
+        with db.write() as s:
+            db.lock_threading(s)
+            found = tickets.find(
+                s, f"id > ? AND status IN ({', '.join('?' * len(store.OPEN_STATUSES))})"
+                   " AND merged_into IS NULL ORDER BY id LIMIT ?",
+                (after, *store.OPEN_STATUSES, batch))
+            for t in found:
+                before = (t.sla_policy, t.first_response_due, t.next_response_due,
+                          t.resolution_due, t.sla_next_at)
+                policy = sla.policy_for(settings.sla, t.queue, t.priority)
+                if policy is None:
+                    t.sla_policy = t.first_response_due = t.next_response_due = None
+                    t.resolution_due = t.sla_next_at = None
+                else:
+                    apply(t, policy.name, sla.due(facts(s, t), policy))
+                if before != (t.sla_policy, t.first_response_due, t.next_response_due,
+                              t.resolution_due, t.sla_next_at):
+                    store.save_sla(s, t)
+                    changed += 1
+        if len(found) < batch:
+            return changed
+        after = found[-1].id
 
 
 def facts(s: Session, ticket: Ticket, *, new: bool = False) -> sla.Facts:

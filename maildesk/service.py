@@ -162,6 +162,8 @@ class Service:
         ):
             if old_value != new_value:
                 log.warning("SIGHUP: [%s] changed; it takes effect at the next restart", what)
+        sla_changed = [p.model_dump() for p in new.sla] != [
+            p.model_dump() for p in self.settings.sla]
         self.settings = new
         self.worker.set_pipeline(pipeline)
         if self.smtp is not None:
@@ -171,6 +173,9 @@ class Service:
             self.imap.reload(new)
         self._start_imap(new)
         self.scheduler.reload(new)
+        if sla_changed:
+            log.warning("SIGHUP: [[sla]] changed: open tickets take the new policies at their"
+                        " next change; `maildesk sla recompute` applies them to all now")
         log.info("SIGHUP: reloaded rules, agents, queues and templates from %s", self.config_path)
 
     def _intake_busy(self, quiet: float) -> bool:

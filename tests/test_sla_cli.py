@@ -146,3 +146,25 @@ def test_sla_show_explains_the_due_times(
     assert "waited on the customer 2026-11-24 13:00 CET to 2026-11-25 09:00 CET: 5h of " \
            "business time" in text
     assert main(["sla", "show", "99", "--config", cfg]) == 1
+
+
+def test_sla_recompute_applies_a_changed_policy_to_open_tickets(
+    tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = SlaDesk.open(tmp_path, db_url)
+    try:
+        t = d.customer("2026-11-30 10:00")
+        solved = d.customer("2026-11-30 10:00", frm="other@customer.example", subject="Other")
+        d.change("2026-11-30 10:10", solved, status="solved", solved_at=at("2026-11-30 10:10"))
+        assert d.ticket(t).first_response_due == at("2026-11-30 11:00")
+        d.config.write_text(d.config.read_text().replace('first_response = "1h"',
+                                                         'first_response = "2h"'))
+        before = run_json(capsys, "sla", "show", str(t), "--config", str(d.config), "--json")
+        [first] = [x for x in before["targets"] if x["target"] == "first_response"]
+        assert first["due"] != first["stored_due"]  # sla show says the config changed
+        assert run_json(capsys, "sla", "recompute", "--config", str(d.config), "--json") == {
+            "changed": 1}  # the solved one keeps its due times
+        assert d.ticket(t).first_response_due == at("2026-11-30 12:00")
+        assert d.ticket(t).sla_next_at == at("2026-11-30 11:45")
+    finally:
+        d.close()

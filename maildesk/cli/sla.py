@@ -1,6 +1,8 @@
 """`maildesk sla show ID`: a ticket's due times and how each was computed (the policy, its
 business hours and holidays, when each clock started, the pauses), what was met and when,
-and the SLA mail sent; `due_fields` is the same in `tickets show --json`."""
+and the SLA mail sent; `due_fields` is the same in `tickets show --json`.
+`maildesk sla recompute`: after [[sla]] changed, the due times of every open ticket again
+(otherwise a ticket takes the new policies at its next change)."""
 
 from __future__ import annotations
 
@@ -185,7 +187,23 @@ def _span(d: timedelta) -> str:
     return out or "0"
 
 
+def cmd_recompute(args: argparse.Namespace) -> int:
+    from datetime import UTC
+
+    from maildesk.deadlines import recompute_open
+
+    cfg = settings(args)
+    changed = recompute_open(database(cfg), cfg, datetime.now(UTC))
+    if args.json:
+        print_json({"changed": changed})
+    else:
+        print(f"due times changed on {changed} open ticket{'s' if changed != 1 else ''}")
+    return EX_OK
+
+
 def register(sub: Any, add: Adder) -> None:
     sl = group(sub, "sla", "service levels")
     add(sl, "show", cmd_show, "a ticket's due times and how they were computed").add_argument(
         "id", type=int)
+    add(sl, "recompute", cmd_recompute,
+        "after changing [[sla]]: the due times of every open ticket again")
