@@ -28,7 +28,10 @@ from typing import Protocol
 
 MAX_DAYS = 3660  # look no further than ten years for opening time
 _US = timedelta(microseconds=1)
+_ONE_DAY = timedelta(days=1)
+_MEMO = 8192  # instants whose local day is remembered (a due time is asked for often)
 Interval = tuple[datetime, datetime]
+Span = tuple[datetime, datetime, int]  # start, end, length in microseconds
 Pause = tuple[datetime, datetime | None]  # end None: still paused
 
 
@@ -50,31 +53,41 @@ class Calendar:
         self.zone = zone
         self.is_holiday = is_holiday
         self._lock = threading.Lock()
-        self._days: dict[date, tuple[Interval, ...]] = {}
+        self._days: dict[date, tuple[Span, ...]] = {}
         self._start: dict[date, int] = {}  # position at the start of each known day
+        self._local: dict[datetime, date] = {}
         self._first: date | None = None
         self._last: date | None = None
 
     # --- days ---------------------------------------------------------------------------
 
     def day_of(self, t: datetime) -> date:
-        return t.astimezone(self.zone).date()
+        """The local date of an instant (remembered: zone conversions are the slow part)."""
+        found = self._local.get(t)
+        if found is None:
+            if len(self._local) > _MEMO:
+                self._local.clear()
+            found = self._local[t] = t.astimezone(self.zone).date()
+        return found
 
     def intervals(self, day: date) -> tuple[Interval, ...]:
         """The opening windows of one local day as UTC instants (none on a holiday)."""
+        return tuple((a, b) for a, b, _ in self._spans(day))
+
+    def _spans(self, day: date) -> tuple[Span, ...]:
         found = self._days.get(day)
         if found is None:
             found = self._days[day] = self._compute(day)
         return found
 
-    def _compute(self, day: date) -> tuple[Interval, ...]:
+    def _compute(self, day: date) -> tuple[Span, ...]:
         if self.is_holiday(day):
             return ()
         out = []
         for start, end in self.week.windows(day.weekday()):
             a, b = self._instant(day, start), self._instant(day, end)
             if b > a:
-                out.append((a, b))
+                out.append((a, b, _us(b - a)))
         return tuple(out)
 
     def _instant(self, day: date, minute: int) -> datetime:
@@ -93,17 +106,17 @@ class Calendar:
                 self._first = self._last = day
                 self._start[day] = 0
             while self._last < day:
-                nxt = self._last + timedelta(days=1)
+                nxt = self._last + _ONE_DAY
                 self._start[nxt] = self._start[self._last] + self._length(self._last)
                 self._last = nxt
             while self._first > day:
-                prev = self._first - timedelta(days=1)
+                prev = self._first - _ONE_DAY
                 self._start[prev] = self._start[self._first] - self._length(prev)
                 self._first = prev
             return self._start[day]
 
     def _length(self, day: date) -> int:
-        return sum(_us(b - a) for a, b in self.intervals(day))
+        return sum(length for _, _, length in self._spans(day))
 
     # --- questions ----------------------------------------------------------------------
 
@@ -111,10 +124,10 @@ class Calendar:
         """Business microseconds from the origin to `t` (only differences mean anything)."""
         day = self.day_of(t)
         pos = self._day_start(day)
-        for a, b in self.intervals(day):
+        for a, b, length in self._spans(day):
             if t <= a:
                 break
-            pos += _us(min(b, t) - a)
+            pos += length if t >= b else _us(t - a)
         return pos
 
     def elapsed(self, start: datetime, end: datetime, pauses: Sequence[Pause] = ()) -> timedelta:
@@ -133,41 +146,56 @@ class Calendar:
         """The instant at which `duration` of business time has run since `start`, the
         clock stopped during `pauses` (sorted, not overlapping). None when the clock is
         stopped for good (a pause without end comes first) or no opening time is near."""
-        remaining = _us(duration)
-        cursor = start
+        return self.add_all(start, (duration,), pauses)[0]
+
+    def add_all(self, start: datetime, durations: Sequence[timedelta],
+                pauses: Sequence[Pause] = ()) -> list[datetime | None]:
+        """`add` for several durations (shortest first) in one walk."""
+        want = [_us(d) for d in durations]
+        out: list[datetime | None] = []
+        used = 0  # business time run before `cursor`
+        cursor, at = start, self.position(start)
         for ps, pe in pauses:
             if pe is not None and pe <= cursor:
                 continue
             ps = max(ps, cursor)
-            available = self.position(ps) - self.position(cursor)
-            if available >= remaining:
-                break
-            remaining -= available
+            available = self.position(ps) - at
+            while len(out) < len(want) and want[len(out)] - used <= available:
+                out.append(self._run(cursor, at, want[len(out)] - used))
+            if len(out) == len(want):
+                return out
+            used += available
             if pe is None:
-                return None
-            cursor = pe
-        if remaining <= 0:
-            return cursor
-        return self._reach(cursor, self.position(cursor) + remaining)
+                return out + [None] * (len(want) - len(out))
+            cursor, at = pe, self.position(pe)
+        while len(out) < len(want):
+            out.append(self._run(cursor, at, want[len(out)] - used))
+        return out
+
+    def _run(self, cursor: datetime, at: int, remaining: int) -> datetime | None:
+        return cursor if remaining <= 0 else self._reach(cursor, at + remaining)
 
     def _reach(self, after: datetime, target: int) -> datetime | None:
         """The first instant after `after` whose position is `target` (> its own)."""
         day = self.day_of(after)
         for _ in range(MAX_DAYS):
+            nxt = day + _ONE_DAY
+            if self._day_start(nxt) < target:  # the whole day runs out before the target
+                day = nxt
+                continue
             pos = self._day_start(day)
-            for a, b in self.intervals(day):
-                length = _us(b - a)
+            for a, _, length in self._spans(day):
                 if pos + length >= target:
                     return a + timedelta(microseconds=target - pos)
                 pos += length
-            day += timedelta(days=1)
+            day = nxt
         return None
 
     def is_open(self, t: datetime, *, inclusive_end: bool = False) -> bool:
         """Is `t` inside an opening window (with `inclusive_end`, its closing instant too)?"""
         day = self.day_of(t)
-        for d in (day - timedelta(days=1), day):
-            for a, b in self.intervals(d):
+        for d in (day - _ONE_DAY, day):
+            for a, b, _ in self._spans(d):
                 if a <= t < b or (inclusive_end and t == b):
                     return True
         return False
@@ -176,8 +204,8 @@ class Calendar:
         """`t` when open, else the start of the next opening window (None: none near)."""
         day = self.day_of(t)
         for _ in range(MAX_DAYS):
-            for a, b in self.intervals(day):
+            for a, b, _ in self._spans(day):
                 if t < b:
                     return max(a, t)
-            day += timedelta(days=1)
+            day += _ONE_DAY
         return None

@@ -141,8 +141,24 @@ class Event:
     due: datetime
 
 
+_memo: dict[tuple[int, Facts], tuple[object, dict[Target, TargetDue]]] = {}
+
+
 def due(facts: Facts, policy: Policy) -> dict[Target, TargetDue]:
-    """The due time of each target the policy sets."""
+    """The due time of each target the policy sets (remembered for the last few thousand
+    facts: a reply that changes no clock leaves them as they were)."""
+    key = (id(policy), facts)
+    found = _memo.get(key)
+    if found is not None and found[0] is policy:
+        return found[1]
+    if len(_memo) > 4096:
+        _memo.clear()
+    out = _due(facts, policy)
+    _memo[key] = (policy, out)
+    return out
+
+
+def _due(facts: Facts, policy: Policy) -> dict[Target, TargetDue]:
     cal = calendar(policy)
     solved = facts.solved_at if facts.status in DONE else None
     clocks = (
@@ -160,10 +176,13 @@ def due(facts: Facts, policy: Policy) -> dict[Target, TargetDue]:
             continue
         pauses = _pauses(facts, start, met)
         stopped = met is None and any(end is None for _, end in pauses)
-        when = None if stopped else cal.add(start, goal, pauses)
-        remind = None
-        if met is None and not stopped and timedelta(0) < policy.remind_before < goal:
-            remind = cal.add(start, goal - policy.remind_before, pauses)
+        when = remind = None
+        if stopped:
+            pass
+        elif met is None and timedelta(0) < policy.remind_before < goal:
+            remind, when = cal.add_all(start, (goal - policy.remind_before, goal), pauses)
+        else:
+            when = cal.add(start, goal, pauses)
         out[target] = TargetDue(target, goal, start, when, met, stopped, pauses, remind)
     return out
 
