@@ -29,7 +29,7 @@ from maildesk.store.tickets import Ticket
 
 log = logging.getLogger(__name__)
 DEFAULT_AFTER = timedelta(days=7)
-BATCH = 200
+BATCH = 50  # one write transaction each, holding the processing lock: keep it short
 SOLVED = "solved"
 
 

@@ -48,7 +48,7 @@ def refresh(s: Session, settings: Settings, ticket: Ticket, *, now: datetime,
     return dues
 
 
-def recompute_open(db: Database, settings: Settings, now: datetime, batch: int = 1000) -> int:
+def recompute_open(db: Database, settings: Settings, now: datetime, batch: int = 500) -> int:
     """Due times of every unsolved ticket again, from its stored facts and the policies
     of `settings` (after [[sla]] changed: `maildesk sla recompute`); returns how many
     changed. Batches in id order, each in a write transaction holding the processing lock."""
@@ -84,8 +84,16 @@ def facts(s: Session, ticket: Ticket, *, new: bool = False) -> sla.Facts:
         status=ticket.status, created_at=ticket.created_at,
         first_response_at=ticket.first_response_at,
         next_response_from=ticket.next_response_from, next_response_at=ticket.next_response_at,
-        solved_at=ticket.solved_at, paused_since=ticket.paused_since, pauses=closed,
+        solved_at=done_at(ticket), paused_since=ticket.paused_since, pauses=closed,
     )
+
+
+def done_at(ticket: Ticket) -> datetime | None:
+    """When a solved or closed ticket was done: solved, else closed (a merge, `#status
+    closed`), else its last change."""
+    if ticket.status not in sla.DONE:
+        return ticket.solved_at
+    return ticket.solved_at or ticket.closed_at or ticket.updated_at
 
 
 def apply(ticket: Ticket, policy: str, dues: dict[sla.Target, sla.TargetDue]) -> None:

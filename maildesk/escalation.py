@@ -38,7 +38,9 @@ from maildesk.store.tickets import Ticket
 
 log = logging.getLogger(__name__)
 GRACE = timedelta(minutes=15)
-BATCH = 500
+# Each batch is a write transaction that holds the processing lock (and on SQLite the
+# database's one write lock, which intake needs too): a few ms a due ticket, so small.
+BATCH = 50
 TEMPLATES = {sla.Kind.REMINDER: "sla_reminder", sla.Kind.BREACH: "sla_breach"}
 
 

@@ -54,6 +54,8 @@ class Row(Protocol):
     created_at: datetime
     first_response_at: datetime | None
     solved_at: datetime | None
+    closed_at: datetime | None
+    updated_at: datetime
     first_response_due: datetime | None
     next_response_due: datetime | None
     resolution_due: datetime | None
@@ -77,7 +79,7 @@ def parse_since(text: str) -> datetime:
 def facts_of(row: Row, policies: Sequence[Policy], default: Calendar) -> TicketFacts:
     policy = policy_for(policies, row.queue, row.priority)
     cal = calendar(policy) if policy else default
-    solved = row.solved_at if row.status in DONE else None
+    solved = (row.solved_at or row.closed_at or row.updated_at) if row.status in DONE else None
     targets = frozenset(t for t in TARGETS if policy is not None and getattr(policy, t))
     return TicketFacts(
         queue=row.queue, assignee=row.assignee, status=row.status, created_at=row.created_at,

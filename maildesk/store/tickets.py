@@ -320,7 +320,8 @@ def view(s: Session, row: TicketRow | Ticket) -> TicketView:
         first_response_at=row.first_response_at, next_response_due=row.next_response_due,
         next_response_at=row.next_response_at if row.next_response_from else None,
         resolution_due=row.resolution_due,
-        solved_at=row.solved_at if row.status in (Status.SOLVED, Status.CLOSED) else None,
+        solved_at=(row.solved_at or row.closed_at or row.updated_at)
+        if row.status in (Status.SOLVED, Status.CLOSED) else None,
     )
 
 
