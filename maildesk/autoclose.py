@@ -59,9 +59,12 @@ def auto_close(db: Database, settings: Settings, composer: Composer, now: dateti
     wait = shortest(settings)
     if wait is None:
         return result
+    with db.read() as s:
+        if not store.waiting_since(s, Status.PENDING.value, now - wait, 1):
+            return result  # the usual tick: one index probe, no write lock
     cursor: tuple[datetime, int] | None = None
     while True:
-        with db.write() as s:
+        with db.write(durable=False) as s:  # redone if undone: see escalation.scan
             db.lock_threading(s)
             waiting = store.waiting_since(s, Status.PENDING.value, now - wait, BATCH, cursor)
             closed = [t.id for t in waiting if _close(s, settings, composer, t, now, result)]

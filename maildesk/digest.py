@@ -45,7 +45,7 @@ def digest(db: Database, settings: Settings, composer: Composer, now: datetime) 
     todo = [a for a in settings.agents if a.email not in done]
     if not todo:
         return result  # the usual case after digest_at: one indexed read a tick
-    with db.write() as s:
+    with db.write(durable=False) as s:  # redone if undone: see escalation.scan
         mine = _by_agent(store.open_tickets_of(s, [a.email for a in todo]))
         for agent in todo:
             listed = mine.get(agent.email, [])
