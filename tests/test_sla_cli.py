@@ -4,6 +4,7 @@ the due times in `tickets show --json`, and `sla show` explaining them."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:  # type: i
 
 
 @pytest.fixture
-def history(tmp_path: Path, db_url: str) -> SlaDesk:
+def history(tmp_path: Path, db_url: str) -> Iterator[SlaDesk]:
     """Four tickets in the week of Monday 2026-11-23 (policy "office": first response 1h,
     next response 2h, resolution 1d, Mon-Fri 09:00-18:00 Madrid)."""
     d = SlaDesk.open(tmp_path, db_url)
@@ -48,7 +49,7 @@ def history(tmp_path: Path, db_url: str) -> SlaDesk:
     d.customer("2026-11-24 11:00", frm="d@customer.example", ticket=dd)
     d.agent_reply("2026-11-24 11:30", dd)
     d.customer("2026-11-24 12:00", frm="d@customer.example", ticket=dd)
-    yield d  # type: ignore[misc]
+    yield d
     d.close()
 
 

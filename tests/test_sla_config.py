@@ -37,3 +37,22 @@ def test_scheduler_problems_name_their_keys(tmp_path: Path) -> None:
         "got '25:00'",
         "scheduler.every: unknown key",
     ]
+
+
+def test_an_older_templates_folder_without_the_digest_still_starts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    from maildesk.config import DEFAULT_TEMPLATES
+    from maildesk.service import check_templates
+
+    own = tmp_path / "templates"
+    shutil.copytree(DEFAULT_TEMPLATES, own)
+    (own / "digest.txt").unlink()
+    s = load(tmp_path, '[scheduler]\ndigest_at = "08:00"\n')
+    s = s.model_copy(update={"desk": s.desk.model_copy(update={"templates": own})})
+    assert check_templates(s) == []  # the daemon starts
+    assert "no daily digest until it is there" in caplog.text
+    (own / "ack.txt").unlink()
+    assert check_templates(s) == [f"template 'ack': {own / 'ack.txt'} is missing"]

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -24,9 +25,9 @@ CAROL = "carol@customer.example"
 
 
 @pytest.fixture
-def sd(tmp_path: Path, db_url: str) -> SlaDesk:
+def sd(tmp_path: Path, db_url: str) -> Iterator[SlaDesk]:
     d = SlaDesk.open(tmp_path, db_url)
-    yield d  # type: ignore[misc]
+    yield d
     d.close()
 
 
