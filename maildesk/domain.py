@@ -180,6 +180,14 @@ class TicketView:
     updated_at: datetime
     merged_into: int | None = None
     linked: list[int] = field(default_factory=list)
+    # service levels (maildesk.sla): the policy, each due time and when it was met
+    sla_policy: str | None = None
+    first_response_due: datetime | None = None
+    first_response_at: datetime | None = None
+    next_response_due: datetime | None = None
+    next_response_at: datetime | None = None
+    resolution_due: datetime | None = None
+    solved_at: datetime | None = None
 
 
 @dataclass

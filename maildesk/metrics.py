@@ -46,7 +46,16 @@ follow_ups = Gauge(
     registry=REGISTRY,
 )
 tickets = Gauge("maildesk_tickets", "Tickets by status", ["status"], registry=REGISTRY)
-sla_breaches = Counter("maildesk_sla_breaches", "SLA due times passed", registry=REGISTRY)
+sla_breaches = Counter(
+    "maildesk_sla_breaches", "SLA due times passed unmet (breach mail queued)", registry=REGISTRY
+)
+sla_reminders = Counter(
+    "maildesk_sla_reminders", "SLA reminders queued ahead of a due time", registry=REGISTRY
+)
+sla_auto_closed = Counter(
+    "maildesk_sla_auto_closed", "Pending tickets solved for want of a customer reply",
+    registry=REGISTRY,
+)
 mailbox_up = Gauge(
     "maildesk_mailbox_up", "1 when the IMAP mailbox is connected and logged in", ["mailbox"],
     registry=REGISTRY,

@@ -21,7 +21,7 @@ mail, and all mail when a rule has a `body` condition.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -66,6 +66,7 @@ class Outcome:
     ticket_id: int | None = None
     entry_id: int | None = None
     reason: str | None = None
+    rules: RuleOutcome | None = None  # what the [[rules]] that fired set (explain shows it)
 
 
 @dataclass(frozen=True)
@@ -124,10 +125,12 @@ class _DryRun(Exception):
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, db: Database, reactors: Sequence[Reactor] = ()) -> None:
+    def __init__(self, settings: Settings, db: Database, reactors: Sequence[Reactor] = (),
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
         self.db = db
         self.reactors = list(reactors)
+        self.clock = clock  # the time of each change (tests set their own)
         self.policy = ThreadingPolicy(
             desk_addresses=settings.desk_addresses(),
             desk_address=settings.desk.address,
@@ -258,7 +261,7 @@ class Pipeline:
             decision=ThreadDecision(item.ticket_id, ThreadRule(item.thread_rule),
                                     item.thread_reason),
             ticket_id=item.ticket_id, entry_id=item.entry_id, entry_kind=item.entry_kind,
-            new_ticket=item.new_ticket, now=utcnow(),
+            new_ticket=item.new_ticket, now=self.clock(),
             rules=RuleOutcome(reply_templates=item.reply_templates, notify=item.notify),
         )
         for reactor in self.reactors:
@@ -300,7 +303,7 @@ class Pipeline:
         """All steps after parsing for one message. `mail` may be headers only (then `raw`
         is given): the body is read here when the handling depends on it, else later by
         `follow_up`."""
-        now = utcnow()
+        now = self.clock()
         twin = inbox.find_processed_twin(s, row)
         if twin is not None:
             twin_id, twin_ticket = twin
@@ -345,7 +348,7 @@ class Pipeline:
         if fired.drop:
             reason = f"dropped by rule {', '.join(fired.fired)}"
             inbox.mark(s, row.id, InboxState.IGNORED, reason=reason, now=now)
-            return Outcome(row.id, InboxState.IGNORED, None, None, reason), trace
+            return Outcome(row.id, InboxState.IGNORED, None, None, reason, fired), trace
 
         stored = ticketing.store_message(
             s, settings=settings, mail=mail, envelope_from=row.envelope_from,
@@ -353,12 +356,13 @@ class Pipeline:
             decision=decision, inbox_id=row.id, now=now, rules=fired, lookup=lookup,
             agent=agent,
         )
-        inbox.mark(s, row.id, InboxState.PROCESSED, reason=decision.reason,
+        why = processed_reason(decision, fired)
+        inbox.mark(s, row.id, InboxState.PROCESSED, reason=why,
                    ticket_id=stored.ticket_id, entry_id=stored.entry_id, now=now)
         log.info("inbox %s <%s>: ticket #%s (%s)", row.id, mail.message_id or "",
                  stored.ticket_id, decision.rule.value)
         outcome = Outcome(row.id, InboxState.PROCESSED, stored.ticket_id, stored.entry_id,
-                          decision.reason)
+                          why, fired)
         if mail.headers_only:
             deferred.add(s, inbox_id=row.id, entry_id=stored.entry_id,
                          new_ticket=stored.new_ticket, reply_templates=fired.reply_templates,
@@ -400,6 +404,12 @@ class Pipeline:
         ctx = RuleContext(is_new_ticket=decision.ticket_id is None,
                           business_hours=self.hours.is_open(now.astimezone(self.hours_tz)))
         return evaluate_rules(self.settings.rules, mail, ctx)
+
+
+def processed_reason(decision: ThreadDecision, fired: RuleOutcome) -> str:
+    """The inbox reason of a stored message: the threading rule, then the rules that fired."""
+    rules = ", ".join(fired.fired) if fired.fired else "none fired"
+    return f"threading {decision.rule.value}: {decision.reason}; rules: {rules}"
 
 
 def _recipients(envelope_to: Sequence[str], mail: ParsedMail) -> list[str]:

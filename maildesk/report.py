@@ -1,8 +1,13 @@
 """`maildesk report`: volumes, first-response and resolution times, SLA attainment.
 
-Pure: it takes ticket facts and returns numbers; the CLI reads and prints them.
-Times are wall-clock durations in seconds (business-time SLA targets are the
-SLA scheduler's job; attainment here compares the stored due times).
+Pure: ticket facts in, numbers out (the CLI reads the rows and prints). Times are in
+seconds, as wall-clock time and as business time (the calendar of the ticket's policy,
+else the desk's default hours: the first policy's, or Mon-Fri 09:00-18:00 in
+desk.timezone); waiting on the customer is not taken out of either. Attainment is per
+target (first response, next response, resolution): `met` (in time), `breached` (late, or
+still open past its due time), `open` (not yet due, or its clock stopped while waiting),
+and `attainment` = met / (met + breached). Each next-response clock of a ticket counts;
+the others count once a ticket. Grouped in total, by queue, by assignee and by policy.
 """
 
 from __future__ import annotations
@@ -11,7 +16,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from statistics import median, quantiles
-from typing import Any
+from typing import Any, Protocol
+
+from maildesk.business_time import Calendar
+from maildesk.sla import DONE, Policy, calendar, policy_for, state
+
+TARGETS = ("first_response", "next_response", "resolution")
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,57 @@ class TicketFacts:
     solved_at: datetime | None
     first_response_due: datetime | None
     resolution_due: datetime | None
+    policy: str | None = None
+    targets: frozenset[str] = frozenset()  # the targets its policy sets
+    next_response_due: datetime | None = None
+    next_response_running: bool = False  # a customer waits for the next agent reply
+    next_response_met: int = 0  # earlier next-response clocks
+    next_response_breached: int = 0
+    first_response_business: float | None = None  # seconds
+    resolution_business: float | None = None
+
+
+class Row(Protocol):
+    """What the report reads of a ticket row (store.tables.TicketRow)."""
+
+    queue: str
+    priority: str
+    assignee: str | None
+    status: str
+    created_at: datetime
+    first_response_at: datetime | None
+    solved_at: datetime | None
+    closed_at: datetime | None
+    updated_at: datetime
+    first_response_due: datetime | None
+    next_response_due: datetime | None
+    resolution_due: datetime | None
+    next_response_from: datetime | None
+    next_response_at: datetime | None
+    next_response_met: int
+    next_response_breached: int
+
+
+def facts_of(row: Row, policies: Sequence[Policy], default: Calendar) -> TicketFacts:
+    policy = policy_for(policies, row.queue, row.priority)
+    cal = calendar(policy) if policy else default
+    solved = (row.solved_at or row.closed_at or row.updated_at) if row.status in DONE else None
+    targets = frozenset(t for t in TARGETS if policy is not None and getattr(policy, t))
+    return TicketFacts(
+        queue=row.queue, assignee=row.assignee, status=row.status, created_at=row.created_at,
+        first_response_at=row.first_response_at, solved_at=solved,
+        first_response_due=row.first_response_due, resolution_due=row.resolution_due,
+        policy=policy.name if policy else None, targets=targets,
+        next_response_due=row.next_response_due,
+        next_response_running=row.next_response_from is not None and row.next_response_at is None,
+        next_response_met=row.next_response_met, next_response_breached=row.next_response_breached,
+        first_response_business=_biz(cal, row.created_at, row.first_response_at),
+        resolution_business=_biz(cal, row.created_at, solved),
+    )
+
+
+def _biz(cal: Calendar, start: datetime, end: datetime | None) -> float | None:
+    return cal.elapsed(start, end).total_seconds() if end is not None else None
 
 
 def _stats(seconds: Sequence[float]) -> dict[str, float | int | None]:
@@ -33,38 +94,92 @@ def _stats(seconds: Sequence[float]) -> dict[str, float | int | None]:
     return {"count": len(seconds), "median": round(median(seconds), 1), "p90": round(p90, 1)}
 
 
-def _attainment(pairs: Iterable[tuple[datetime | None, datetime | None]]) -> float | None:
-    """Share of due times met: done before due (pending ones not yet late count as met)."""
-    judged = [(done, due) for done, due in pairs if due is not None]
-    if not judged:
-        return None
-    met = sum(1 for done, due in judged if done is not None and done <= due)
-    return round(met / len(judged), 3)
+def _count(into: dict[str, int], outcome: str | None) -> None:
+    into[outcome or "open"] += 1
 
 
-def summarise(tickets: Sequence[TicketFacts]) -> dict[str, Any]:
-    first = [(t.first_response_at - t.created_at).total_seconds()
-             for t in tickets if t.first_response_at]
-    solved = [(t.solved_at - t.created_at).total_seconds() for t in tickets if t.solved_at]
+def attainment(tickets: Iterable[TicketFacts], now: datetime) -> dict[str, dict[str, Any]]:
+    out = {t: {"met": 0, "breached": 0, "open": 0} for t in TARGETS}
+    for t in tickets:
+        if "first_response" in t.targets:
+            _count(out["first_response"], state(t.first_response_due, t.first_response_at, now))
+        if "resolution" in t.targets:
+            _count(out["resolution"], state(t.resolution_due, t.solved_at, now))
+        if "next_response" in t.targets:
+            nr = out["next_response"]
+            nr["met"] += t.next_response_met
+            nr["breached"] += t.next_response_breached
+            if t.next_response_running:
+                _count(nr, state(t.next_response_due, None, now))
+    result: dict[str, dict[str, Any]] = {}
+    for target, c in out.items():
+        judged = c["met"] + c["breached"]
+        result[target] = {**c, "attainment": round(c["met"] / judged, 3) if judged else None}
+    return result
+
+
+def summarise(tickets: Sequence[TicketFacts], now: datetime) -> dict[str, Any]:
     by_status: dict[str, int] = {}
     for t in tickets:
         by_status[t.status] = by_status.get(t.status, 0) + 1
+    answered = [t for t in tickets if t.first_response_at]
+    solved = [t for t in tickets if t.solved_at]
     return {
         "tickets": len(tickets),
         "by_status": dict(sorted(by_status.items())),
-        "first_response_seconds": _stats(first),
-        "resolution_seconds": _stats(solved),
-        "sla_first_response_met": _attainment(
-            (t.first_response_at, t.first_response_due) for t in tickets),
-        "sla_resolution_met": _attainment((t.solved_at, t.resolution_due) for t in tickets),
+        "first_response_seconds": _stats(
+            [(t.first_response_at - t.created_at).total_seconds()
+             for t in answered if t.first_response_at]),
+        "first_response_business_seconds": _stats(
+            [t.first_response_business for t in answered if t.first_response_business is not None]),
+        "resolution_seconds": _stats(
+            [(t.solved_at - t.created_at).total_seconds() for t in solved if t.solved_at]),
+        "resolution_business_seconds": _stats(
+            [t.resolution_business for t in solved if t.resolution_business is not None]),
+        "sla": attainment(tickets, now),
     }
 
 
-def report(tickets: Sequence[TicketFacts]) -> dict[str, Any]:
+def report(tickets: Sequence[TicketFacts], now: datetime) -> dict[str, Any]:
     queues = sorted({t.queue for t in tickets})
     agents = sorted({t.assignee for t in tickets if t.assignee})
+    policies = sorted({t.policy for t in tickets if t.policy})
     return {
-        "total": summarise(tickets),
-        "by_queue": {q: summarise([t for t in tickets if t.queue == q]) for q in queues},
-        "by_agent": {a: summarise([t for t in tickets if t.assignee == a]) for a in agents},
+        "total": summarise(tickets, now),
+        "by_queue": {q: summarise([t for t in tickets if t.queue == q], now) for q in queues},
+        "by_agent": {a: summarise([t for t in tickets if t.assignee == a], now) for a in agents},
+        "by_policy": {p: summarise([t for t in tickets if t.policy == p], now)
+                      for p in policies},
     }
+
+
+def text(result: dict[str, Any]) -> list[str]:
+    """The table `maildesk report` prints (hours; business time in brackets)."""
+    lines = [f"{'':<24} {'tickets':>7} {'1st resp med':>16} {'p90':>14} "
+             f"{'resolve med':>16} {'p90':>14}"]
+    rows = [("total", result["total"])] + [(f"queue {q}", v) for q, v in result["by_queue"].items()]
+    rows += [(f"agent {a}", v) for a, v in result["by_agent"].items()]
+    rows += [(f"policy {p}", v) for p, v in result["by_policy"].items()]
+    for name, v in rows:
+        cells = []
+        for what in ("first_response", "resolution"):
+            wall, biz = v[f"{what}_seconds"], v[f"{what}_business_seconds"]
+            cells += [f"{_h(wall['median'])} ({_h(biz['median'])})",
+                      f"{_h(wall['p90'])} ({_h(biz['p90'])})"]
+        lines.append(f"{name[:24]:<24} {v['tickets']:>7} {cells[0]:>16} {cells[1]:>14} "
+                     f"{cells[2]:>16} {cells[3]:>14}")
+    lines.append("")
+    lines.append(f"{'SLA attainment':<24} {'target':<15} {'met':>6} {'breached':>9} "
+                 f"{'open':>6} {'met %':>6}")
+    for name, v in [("total", result["total"]), *((f"policy {p}", x)
+                                                  for p, x in result["by_policy"].items())]:
+        for target, a in v["sla"].items():
+            if a["met"] + a["breached"] + a["open"]:
+                share = "-" if a["attainment"] is None else f"{a['attainment'] * 100:.0f}%"
+                lines.append(f"{name[:24]:<24} {target.replace('_', ' '):<15} {a['met']:>6} "
+                             f"{a['breached']:>9} {a['open']:>6} {share:>6}")
+    return lines
+
+
+def _h(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 3600:.1f}h"

@@ -2,7 +2,9 @@
 
 One asyncio loop in the main thread carries the SMTP listener, the metrics endpoint,
 the signals and the systemd notifications; processing and sending run in a thread each,
-so a slow smarthost or a long batch never delays a `250`. SIGTERM stops listening, lets
+so a slow smarthost or a long batch never delays a `250`. The scheduled jobs (SLA
+reminders and breaches, auto-close, the digest: maildesk.scheduler) run in a thread of
+their own every `[scheduler].interval`, on the leader node only. SIGTERM stops listening, lets
 transactions in progress finish (their `250` is only sent after the commit), finishes
 the batch and the message in hand, and exits 0; what is still queued stays in the
 database for the next start. SIGHUP re-reads the config file and swaps rules, agents and
@@ -29,6 +31,7 @@ from maildesk.intake.smtp import SmtpIntake
 from maildesk.outbound.render import Templates
 from maildesk.outbound.sender import Sender
 from maildesk.outbound.transports import make_transport
+from maildesk.scheduler import Scheduler
 from maildesk.store import Database, StoreUnavailable, deferred, outbox, tickets
 from maildesk.worker import FOLLOW_UP_QUIET, Worker
 
@@ -43,10 +46,22 @@ class Intake(Protocol):
     def reload(self, settings: Settings) -> None: ...
 
 
+def check_templates(settings: Settings) -> list[str]:
+    """Problems with the templates the daemon renders. The digest's (newer than SPEC's
+    list, and absent from an operator's older copy of the folder) only warns: the digest
+    is withheld, with a log line, until it is there."""
+    templates = Templates(settings.desk.templates)
+    if settings.scheduler.digest_time:
+        for line in templates.check(["digest"]):
+            log.warning("%s: no daily digest until it is there (see the shipped templates)",
+                        line)
+    return templates.check(SHIPPED_TEMPLATES)
+
+
 def run(settings: Settings, config_path: Path | None = None) -> int:
     """The daemon's main: returns the exit status (0 after SIGTERM)."""
     _configure_logging()
-    problems = Templates(settings.desk.templates).check(SHIPPED_TEMPLATES)
+    problems = check_templates(settings)
     if problems:
         for line in problems:
             log.error("%s", line)
@@ -80,6 +95,7 @@ class Service:
             self.smtp = SmtpIntake(settings, self.db, self.worker.wake, hostname)
         self.imap: Intake | None = None
         self.metrics: MetricsServer | None = None
+        self.scheduler = Scheduler(settings, self.db, after=self.sender.wake)
         self._stopping = asyncio.Event()
 
     async def serve(self) -> int:
@@ -89,6 +105,7 @@ class Service:
         if self.smtp is not None:
             await self.smtp.start()
         self._start_imap(self.settings)
+        self.scheduler.start()
         if self.settings.metrics.listen:
             self.metrics = MetricsServer(self.db, self._healthy)
             await self.metrics.start(self.settings.metrics.host or "127.0.0.1",
@@ -125,7 +142,8 @@ class Service:
             await self.smtp.stop()
         if self.metrics is not None:
             await self.metrics.stop()
-        for stop in (self.imap.stop if self.imap else None, self.worker.stop, self.sender.stop):
+        for stop in (self.imap.stop if self.imap else None, self.scheduler.stop,
+                     self.worker.stop, self.sender.stop):
             if stop is not None:
                 await loop.run_in_executor(None, stop)
         self.db.dispose()
@@ -138,7 +156,7 @@ class Service:
         loop = asyncio.get_running_loop()
         try:
             new = await loop.run_in_executor(None, load_settings, self.config_path)
-            problems = Templates(new.desk.templates).check(SHIPPED_TEMPLATES)
+            problems = check_templates(new)
             if problems:
                 raise ConfigError(problems)
             pipeline = build_pipeline(new, self.db)
@@ -151,6 +169,8 @@ class Service:
         ):
             if old_value != new_value:
                 log.warning("SIGHUP: [%s] changed; it takes effect at the next restart", what)
+        sla_changed = [p.model_dump() for p in new.sla] != [
+            p.model_dump() for p in self.settings.sla]
         self.settings = new
         self.worker.set_pipeline(pipeline)
         if self.smtp is not None:
@@ -159,6 +179,10 @@ class Service:
         if self.imap is not None:
             self.imap.reload(new)
         self._start_imap(new)
+        self.scheduler.reload(new)
+        if sla_changed:
+            log.warning("SIGHUP: [[sla]] changed: open tickets take the new policies at their"
+                        " next change; `maildesk sla recompute` applies them to all now")
         log.info("SIGHUP: reloaded rules, agents, queues and templates from %s", self.config_path)
 
     def _intake_busy(self, quiet: float) -> bool:

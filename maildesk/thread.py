@@ -132,7 +132,8 @@ def decide(
         or _by_subject(mail, sender, lookup, policy, now)
     )
     if found is None:
-        return ThreadDecision(None, ThreadRule.NEW_TICKET, "no rule matched: new ticket")
+        return ThreadDecision(None, ThreadRule.NEW_TICKET,
+                              "no ticket matched by token, tag, references or subject")
     return found
 
 

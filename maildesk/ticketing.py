@@ -15,7 +15,7 @@ from datetime import datetime
 
 from sqlmodel import Session
 
-from maildesk import agent_mail
+from maildesk import agent_mail, deadlines
 from maildesk.addresses import is_desk_recipient
 from maildesk.agent_mail import AgentPlan
 from maildesk.config import Settings
@@ -91,6 +91,8 @@ def store_message(
     if rules is not None:
         apply_rules(s, settings, ticket, rules)
     ticket.updated_at = now
+    deadlines.refresh(s, settings, ticket, now=now, customer_wrote=kind is EntryKind.CUSTOMER,
+                      agent_replied=kind is EntryKind.AGENT_REPLY, new=new_ticket)
     tickets.save(s, ticket)
 
     fallback = requester_of(mail)[1] if new_ticket else None

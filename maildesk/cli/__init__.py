@@ -5,6 +5,7 @@
 | `admin` | `serve`, `check-config`, `db upgrade` |
 | `ingest` | `ingest [--queue]` (the MTA pipe) |
 | `tickets` | `tickets list`, `tickets show` |
+| `sla` | `sla show` (due times and how they were computed) |
 | `inbox`, `outbox` | `inbox list/retry`, `outbox list/retry` |
 | `explain`, `report` | `explain FILE`, `report` |
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from maildesk.cli.common import EX_OK, database, print_json, read_message, settings
@@ -10,6 +11,7 @@ from maildesk.cli.parser import Adder
 
 if TYPE_CHECKING:
     from maildesk.agent_mail import AgentPlan
+    from maildesk.config import Settings
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -35,6 +37,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "agent": _agent_json(result.agent) if result.agent else None,
         "outcome": {"state": o.state.value, "ticket": o.ticket_id, "reason": o.reason}
         if o else None,
+        "rules": fired_rules(loaded, o.rules.fired if o and o.rules else ()),
         "actions": result.actions,
     }
     if args.json:
@@ -54,6 +57,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if result.agent and result.agent.handling.value == "reply":
         print("relayed text:\n" + "".join(f"  | {t}\n" for t in result.agent.text.split("\n")),
               end="")
+    if not report["rules"]:
+        print("rules: none fired")
+    for rule in report["rules"]:
+        what = ", ".join(f"{k} {' '.join(v) if isinstance(v, list) else v}"
+                         for k, v in rule["set"].items())
+        print(f"rule fired: {rule['name']!r}: {what or 'sets nothing'}")
     if o:
         print(f"outcome: {o.state.value}" + (f" ({o.reason})" if o.reason else ""))
     for line in result.actions:
@@ -70,6 +79,11 @@ def _agent_json(plan: AgentPlan) -> dict[str, Any]:
             "commands": [{"line": line, "does": describe_command(c)} for line, c in plan.commands],
             "errors": [{"line": e.line, "why": e.why} for e in plan.errors],
             "text": plan.text, "withheld": list(plan.withheld)}
+def fired_rules(cfg: Settings, names: Sequence[str]) -> list[dict[str, Any]]:
+    """Each rule that fired, in order, with the actions it sets (its non-default `then`)."""
+    by_name = {r.name: r for r in cfg.rules}
+    return [{"name": n, "set": by_name[n].then.model_dump(mode="json", exclude_defaults=True)
+             if n in by_name else {}} for n in names]
 
 
 def register(sub: Any, add: Adder) -> None:

@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "db": "admin:register_db",
     "ingest": "ingest:register",
     "tickets": "tickets:register",
+    "sla": "sla:register",
     "inbox": "inbox:register",
     "outbox": "outbox:register",
     "explain": "explain:register",

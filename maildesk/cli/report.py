@@ -10,34 +10,29 @@ from maildesk.cli.parser import Adder
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from maildesk.report import TicketFacts, report
+    from datetime import UTC, datetime
+
+    from maildesk.config import parse_business_hours
+    from maildesk.report import facts_of, report, text
+    from maildesk.sla import calendar, default_calendar
     from maildesk.store import tickets
 
-    since = args.since
-    with database(settings(args)).read() as s:
-        facts = [TicketFacts(
-            queue=t.queue, assignee=t.assignee, status=t.status, created_at=t.created_at,
-            first_response_at=t.first_response_at, solved_at=t.solved_at,
-            first_response_due=t.first_response_due, resolution_due=t.resolution_due,
-        ) for t in tickets.report_rows(s, since)]
-    result = report(facts)
+    cfg = settings(args)
+    # Business time of tickets no policy covers: the hours rules use (pipeline.DEFAULT_HOURS).
+    default = (calendar(cfg.sla[0]) if cfg.sla else default_calendar(
+        parse_business_hours("Mon-Fri 09:00-18:00"), cfg.desk.tzinfo))
+    with database(cfg).read() as s:
+        facts = [facts_of(t, cfg.sla, default) for t in tickets.report_rows(s, args.since)]
+    result = report(facts, datetime.now(UTC))
     if args.json:
         print_json(result)
         return EX_OK
-    print(f"{'':<24} {'tickets':>7} {'1st resp med':>12} {'p90':>8} {'resolve med':>12} {'p90':>8}")
-    rows = [("total", result["total"])] + [(f"queue {q}", v) for q, v in result["by_queue"].items()]
-    rows += [(f"agent {a}", v) for a, v in result["by_agent"].items()]
-    for name, v in rows:
-        fr, rs = v["first_response_seconds"], v["resolution_seconds"]
-        print(f"{name[:24]:<24} {v['tickets']:>7} {_hours(fr['median']):>12} "
-              f"{_hours(fr['p90']):>8} {_hours(rs['median']):>12} {_hours(rs['p90']):>8}")
+    for line in text(result):
+        print(line)
     return EX_OK
-
-
-def _hours(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds / 3600:.1f}h"
 
 
 def register(sub: Any, add: Adder) -> None:
     add(sub, "report", cmd_report, "volumes, response and resolution times").add_argument(
-        "--since", type=iso_time, help="ISO date or time, e.g. 2026-11-01")
+        "--since", type=iso_time,
+        help="ISO date or time, e.g. 2026-11-01 (UTC unless it says otherwise)")

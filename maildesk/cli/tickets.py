@@ -28,11 +28,13 @@ if TYPE_CHECKING:
 
 
 def ticket_json(t: TicketView) -> dict[str, Any]:
+    from maildesk.cli.sla import due_fields
+
     return {
         "id": t.id, "subject": t.subject, "status": t.status.value, "priority": t.priority.value,
         "queue": t.queue, "assignee": t.assignee, "requester": t.requester, "tags": t.tags,
         "cc": t.cc, "created_at": t.created_at, "updated_at": t.updated_at,
-        "merged_into": t.merged_into, "linked": t.linked,
+        "merged_into": t.merged_into, "linked": t.linked, **due_fields(t),
     }
 
 
@@ -85,6 +87,15 @@ def cmd_show(args: argparse.Namespace) -> int:
           f"{view.priority.value}, queue {view.queue}, assignee {view.assignee or '-'}\n"
           f"  requester {view.requester}, cc {', '.join(view.cc) or '-'}, "
           f"tags {' '.join(view.tags) or '-'}, linked {view.linked or '-'}")
+    if view.sla_policy:
+        from maildesk.cli.sla import due_fields
+
+        due = due_fields(view)
+        print(f"  SLA {view.sla_policy}: " + ", ".join(
+            f"{t.replace('_', ' ')} due {due[f'{t}_due']:%Y-%m-%d %H:%M} UTC"
+            + {True: " (met)", False: " (breached)"}.get(due[f"{t}_met"], "")
+            for t in ("first_response", "next_response", "resolution") if due[f"{t}_due"])
+            + " (`maildesk sla show` explains them)")
     for e in entries:
         flag = "" if e.verified is not False else " (unverified)"
         print(f"\n--- {e.kind.value}{flag} from {e.from_addr} at {e.created_at:%Y-%m-%d %H:%M} "

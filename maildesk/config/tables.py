@@ -1,11 +1,12 @@
 """The single tables of the configuration: [desk], [database], [smtp], [outbound],
-[[mailboxes]], [[agents]], [[queues]], [threading], [loop], [security] and [metrics]."""
+[[mailboxes]], [[agents]], [[queues]], [threading], [loop], [security], [metrics] and
+[scheduler]."""
 
 from __future__ import annotations
 
 import os
 import re
-from datetime import timedelta, tzinfo
+from datetime import time, timedelta, tzinfo
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -392,3 +393,28 @@ class Metrics(_Model):
     @property
     def port(self) -> int | None:
         return split_host_port(self.listen)[1] if self.listen else None
+
+
+class Scheduler(_Model):
+    """The periodic jobs of the daemon (SLA reminders and breaches, auto-close, digest)."""
+
+    interval: PositiveDuration = timedelta(seconds=30)
+    digest_at: str = "08:00"  # local time in desk.timezone; "" turns the digest off
+
+    @field_validator("digest_at")
+    @classmethod
+    def _digest_at(cls, v: str) -> str:
+        if v.strip():
+            _clock_time(v)
+        return v.strip()
+
+    @property
+    def digest_time(self) -> time | None:
+        return _clock_time(self.digest_at) if self.digest_at else None
+
+
+def _clock_time(v: str) -> time:
+    m = re.fullmatch(r"\s*([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?\s*", v)
+    if not m:
+        raise ValueError(f'expected a local time "HH:MM" (or "HH:MM:SS"), or "" for off; got {v!r}')
+    return time(int(m[1]), int(m[2]), int(m[3] or 0))

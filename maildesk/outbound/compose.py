@@ -90,9 +90,10 @@ class Composer:
         self.settings = settings
         self.templates = templates
 
-    def queue(self, s: Session, ticket: Ticket, draft: Draft, now: datetime) -> Queued:
+    def queue(self, s: Session, ticket: Ticket | None, draft: Draft, now: datetime) -> Queued:
+        """Queue one draft about `ticket` (None: about no single ticket, e.g. the digest)."""
         allowed, withheld = self._recipients(s, draft, now)
-        what = f"{draft.template} for ticket #{ticket.id}"
+        what = f"{draft.template} for ticket #{ticket.id}" if ticket else draft.template
         if not allowed:
             return Queued(None, (), f"withheld {what}: {'; '.join(withheld) or 'no recipient'}")
         named = {a.strip().lower() for a in draft.to}
@@ -101,7 +102,7 @@ class Composer:
         try:
             rendered = self.templates.render(draft.template, self._context(ticket, draft, to))
         except RenderError as exc:
-            log.error("ticket #%s: %s: not sent", ticket.id, exc)
+            log.error("%s: %s: not sent", what, exc)
             return Queued(None, (), f"withheld {what}: {exc}")
         desk = self.settings.desk
         assert desk.message_id_domain is not None
@@ -110,19 +111,20 @@ class Composer:
         headers = Headers(
             from_name=desk.name, from_addr=desk.address, to=to, cc=cc,
             subject=_tagged(rendered.subject or f"Re: {ticket.subject}", desk.ticket_prefix,
-                            ticket.id),
+                            ticket.id) if ticket else rendered.subject or draft.template,
             message_id=message_id, date=now,
-            reply_to=draft.reply_to or addresses.reply_address(desk.address, desk.secret,
-                                                               ticket.id),
+            reply_to=draft.reply_to or (
+                addresses.reply_address(desk.address, desk.secret, ticket.id) if ticket else None),
             in_reply_to=draft.thread.in_reply_to, references=draft.thread.references,
-            thread_topic=ticket.subject, thread_index=index,
+            thread_topic=ticket.subject if ticket else None, thread_index=index,
             auto_submitted=None if draft.kind is MailKind.PERSONAL else draft.kind.value,
             x_loop=desk.address,
         )
         started = thread_index_key(draft.thread.thread_index) is None  # a root of our own
         outbox_id = outbox.reserve(
             s, message_id=message_id, raw=build_message(headers, rendered, draft.attachments),
-            ticket_id=ticket.id, entry_id=draft.entry_id, template=draft.template,
+            ticket_id=ticket.id if ticket else None,
+            entry_id=draft.entry_id, template=draft.template,
             automatic=draft.kind is MailKind.AUTO_REPLY, recipients=allowed, now=now,
             envelope_from=lambda i: addresses.bounce_address(desk.address, desk.secret, i),
             thread_index_root=thread_index_key(index) if started else None,
@@ -158,20 +160,23 @@ class Composer:
                     withheld.append(f"{addr} already got {cap} automatic replies this hour")
         return tuple(wanted), withheld
 
-    def _context(self, ticket: Ticket, draft: Draft, to: Sequence[str]) -> dict[str, object]:
+    def _context(self, ticket: Ticket | None, draft: Draft, to: Sequence[str]
+                 ) -> dict[str, object]:
         desk = self.settings.desk
         base: dict[str, object] = {
             "desk": {"name": desk.name, "address": desk.address},
-            "ticket": {
-                "id": ticket.id, "tag": addresses.subject_tag(desk.ticket_prefix, ticket.id),
-                "subject": ticket.subject, "status": ticket.status, "priority": ticket.priority,
-                "queue": ticket.queue, "assignee": ticket.assignee,
-                "requester": ticket.requester, "tags": ticket.tags.split(),
-                "reply_address": addresses.reply_address(desk.address, desk.secret, ticket.id),
-            },
             "recipient": to[0],
             "recipients": list(to),
             "marker": MARKER,  # the first line of mail to agents: their reply is cut there
+        }
+        if ticket is None:
+            return {**base, **draft.context}
+        base["ticket"] = {
+            "id": ticket.id, "tag": addresses.subject_tag(desk.ticket_prefix, ticket.id),
+            "subject": ticket.subject, "status": ticket.status, "priority": ticket.priority,
+            "queue": ticket.queue, "assignee": ticket.assignee,
+            "requester": ticket.requester, "tags": ticket.tags.split(),
+            "reply_address": addresses.reply_address(desk.address, desk.secret, ticket.id),
         }
         return {**base, **draft.context}
 

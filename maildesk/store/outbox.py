@@ -61,7 +61,7 @@ def split_recipients(value: str) -> tuple[str, ...]:
 
 
 def reserve(
-    s: Session, *, message_id: str, raw: bytes, ticket_id: int, entry_id: int | None,
+    s: Session, *, message_id: str, raw: bytes, ticket_id: int | None, entry_id: int | None,
     template: str, automatic: bool, recipients: Iterable[str], now: datetime,
     envelope_from: Callable[[int], str], thread_index_root: str | None = None,
 ) -> int:
@@ -81,8 +81,8 @@ def reserve(
         (ticket_id, entry_id, template, automatic, ",".join(recipients), message_id, raw, at,
          PENDING, at))
     r.run("UPDATE outbox SET envelope_from = ? WHERE id = ?", (envelope_from(outbox_id), outbox_id))
-    refs = [(message_id, ticket_id, "own")]
-    if thread_index_root:
+    refs = [(message_id, ticket_id, "own")] if ticket_id is not None else []
+    if thread_index_root and ticket_id is not None:
         refs.append((thread_index_root, ticket_id, "thread_index"))
     r.many("INSERT INTO message_ref (key, ticket_id, kind) VALUES (?, ?, ?)", refs)
     if automatic:

@@ -53,6 +53,8 @@ class InboxRawRow(SQLModel, table=True):
 
 class TicketRow(SQLModel, table=True):
     __tablename__ = "ticket"
+    # Auto-close reads pending tickets by how long they have waited (maildesk.autoclose).
+    __table_args__ = (Index("ix_ticket_status_paused_since", "status", "paused_since"),)
 
     id: int | None = Field(default=None, primary_key=True)
     subject: str = ""
@@ -76,6 +78,19 @@ class TicketRow(SQLModel, table=True):
     first_response_due: datetime | None = None
     next_response_due: datetime | None = None
     resolution_due: datetime | None = None
+    # Service levels (maildesk.sla, maildesk.deadlines): the policy that set the due times;
+    # the customer message that started the open next-response clock and the agent reply
+    # that stopped it, with the count of earlier clocks met and breached; since when the
+    # ticket waits (pending or solved: the SLA clock is stopped; ended pauses are in
+    # sla_pause); and the next instant at which a reminder or breach may be due, which
+    # is all the SLA scan reads (one index range, however many tickets are open).
+    sla_policy: str | None = None
+    next_response_from: datetime | None = None
+    next_response_at: datetime | None = None
+    next_response_met: int = 0
+    next_response_breached: int = 0
+    paused_since: datetime | None = None
+    sla_next_at: datetime | None = Field(default=None, index=True)
 
 
 class ParticipantRow(SQLModel, table=True):
@@ -214,3 +229,45 @@ class MailboxStateRow(SQLModel, table=True):
     uidvalidity: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     last_uid: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     updated_at: datetime
+
+
+class SlaPauseRow(SQLModel, table=True):
+    """A span in which a ticket waited (pending, or solved until it reopened): its SLA
+    clock stood still. The span in progress is the ticket's `paused_since`."""
+
+    __tablename__ = "sla_pause"
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(index=True)
+    started_at: datetime
+    ended_at: datetime
+
+
+class SlaMailRow(SQLModel, table=True):
+    """One scheduled mail about a ticket, written in the transaction of its outbox rows.
+
+    The unique key (ticket, target, due time, kind) is what makes a reminder, a breach or
+    an auto-close happen once: a restart, a second scanner or a retried transaction finds
+    the key taken and sends nothing. A due time that moves is a new key."""
+
+    __tablename__ = "sla_mail"
+    __table_args__ = (UniqueConstraint("ticket_id", "target", "due_at", "kind"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int
+    target: str = Field(max_length=32)  # first_response | next_response | resolution
+    due_at: datetime
+    kind: str = Field(max_length=16)  # reminder | breach | auto_close
+    recipients: str = ""  # comma-separated
+    created_at: datetime
+
+
+class DigestMailRow(SQLModel, table=True):
+    """The daily digest of one agent for one local day (desk.timezone): once a day."""
+
+    __tablename__ = "digest_mail"
+
+    agent: str = Field(primary_key=True)
+    day: str = Field(primary_key=True, max_length=10)  # YYYY-MM-DD
+    tickets: int = 0  # how many it listed (0: nothing was sent)
+    created_at: datetime

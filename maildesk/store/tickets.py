@@ -61,6 +61,13 @@ class Ticket:
     first_response_due: datetime | None
     next_response_due: datetime | None
     resolution_due: datetime | None
+    sla_policy: str | None = None
+    next_response_from: datetime | None = None
+    next_response_at: datetime | None = None
+    next_response_met: int = 0
+    next_response_breached: int = 0
+    paused_since: datetime | None = None
+    sla_next_at: datetime | None = None
 
 
 _COLUMNS = [f.name for f in fields(Ticket)]
@@ -81,6 +88,12 @@ def load(s: Session, ticket_id: int) -> Ticket | None:
     r = raw(s)
     row = r.one(f"{_SELECT} WHERE id = ?", (ticket_id,))
     return _ticket(r, row) if row else None
+
+
+def find(s: Session, where: str, params: Sequence[Any] = ()) -> list[Ticket]:
+    """Tickets as stored, by a condition of ours (`where` may end in ORDER BY / LIMIT)."""
+    r = raw(s)
+    return [_ticket(r, row) for row in r.rows(f"{_SELECT} WHERE {where}", params)]
 
 
 def _stored(r: Raw, t: Ticket, columns: Sequence[str]) -> list[Any]:
@@ -295,6 +308,7 @@ def merge(s: Session, lookup: SessionLookup, into: Ticket, other: int, now: date
     row.merged_into = into.id
     row.status = Status.CLOSED.value
     row.closed_at = now
+    row.sla_next_at = None  # closed: no SLA mail (maildesk.deadlines)
     row.updated_at = now
     save(s, row)
     into.created_at = min(into.created_at, row.created_at)
@@ -316,6 +330,12 @@ def view(s: Session, row: TicketRow | Ticket) -> TicketView:
         requester=row.requester, reply_to=row.reply_to, tags=row.tags.split(),
         cc=list(cc), created_at=row.created_at, updated_at=row.updated_at,
         merged_into=row.merged_into, linked=sorted(linked),
+        sla_policy=row.sla_policy, first_response_due=row.first_response_due,
+        first_response_at=row.first_response_at, next_response_due=row.next_response_due,
+        next_response_at=row.next_response_at if row.next_response_from else None,
+        resolution_due=row.resolution_due,
+        solved_at=(row.solved_at or row.closed_at or row.updated_at)
+        if row.status in (Status.SOLVED, Status.CLOSED) else None,
     )
 
 

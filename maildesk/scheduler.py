@@ -1,0 +1,157 @@
+"""The daemon's periodic jobs (SPEC §2.7) on APScheduler 3.x: the only importer of apscheduler.
+
+Every `[scheduler].interval` one tick asks the `Leadership` whether this node runs the
+jobs now (always on SQLite; on PostgreSQL the holder of an advisory lock, store.leader)
+and, if so, runs them in order, each a plain function of `now`:
+1. auto-close (maildesk.autoclose): pending tickets the customer left unanswered;
+2. the SLA scan (maildesk.escalation): reminders and breaches;
+3. the digest (maildesk.digest): once a day per agent, at digest_at.
+Their state is in our tables, and each effect commits with its mail under a unique key,
+so a restart, a crash or a second node repeats nothing. `Jobs.run(now)` is what a tick
+does, for tests and tools with a clock of their own; `Scheduler` only adds the timer
+(one thread, at most one tick at a time; ticks missed while one ran are skipped).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from maildesk.autoclose import auto_close
+from maildesk.config import Settings
+from maildesk.digest import digest
+from maildesk.escalation import scan
+from maildesk.outbound.compose import Composer
+from maildesk.outbound.render import Templates
+from maildesk.store import Database, StoreUnavailable
+from maildesk.store.leader import leadership
+
+log = logging.getLogger(__name__)
+JOB_ID = "maildesk-jobs"
+
+
+class Leadership(Protocol):
+    def leads(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class TickResult:
+    led: bool = True
+    closed: int = 0
+    reminders: int = 0
+    breaches: int = 0
+    digests: int = 0
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def queued(self) -> int:
+        return self.closed + self.reminders + self.breaches + self.digests
+
+
+class Jobs:
+    """The jobs for one version of the settings (SIGHUP builds new ones)."""
+
+    def __init__(self, settings: Settings, db: Database, templates: Templates | None = None
+                 ) -> None:
+        self.settings = settings
+        self.db = db
+        self.composer = Composer(settings, templates or Templates(settings.desk.templates))
+
+    def run(self, now: datetime) -> TickResult:
+        """One tick's work at `now`: each job runs even when another failed."""
+        out = TickResult()
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("auto-close", lambda: self._close(now, out)),
+            ("SLA scan", lambda: self._scan(now, out)),
+            ("digest", lambda: self._digest(now, out)),
+        ]
+        for name, step in steps:
+            try:
+                step()
+            except StoreUnavailable as exc:
+                log.warning("scheduler: %s skipped, database unavailable: %s", name, exc)
+            except Exception:
+                log.exception("scheduler: %s failed", name)
+        return out
+
+    def _close(self, now: datetime, out: TickResult) -> None:
+        r = auto_close(self.db, self.settings, self.composer, now)
+        out.closed, out.lines = len(r.closed), out.lines + r.lines
+
+    def _scan(self, now: datetime, out: TickResult) -> None:
+        r = scan(self.db, self.settings, self.composer, now)
+        out.reminders, out.breaches, out.lines = r.reminders, r.breaches, out.lines + r.lines
+
+    def _digest(self, now: datetime, out: TickResult) -> None:
+        r = digest(self.db, self.settings, self.composer, now)
+        out.digests, out.lines = len(r.sent), out.lines + r.lines
+
+
+class Scheduler:
+    """Runs `Jobs` every interval in a thread of its own, while this node leads."""
+
+    def __init__(self, settings: Settings, db: Database, *,
+                 after: Callable[[], None] = lambda: None,
+                 leader: Leadership | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.jobs = Jobs(settings, db)
+        self.interval = settings.scheduler.interval
+        self.after = after  # e.g. wake the sender when a tick queued mail
+        self.leader: Leadership = leader or leadership(db.url)
+        self.clock = clock
+        self._timer: Any = None
+
+    def tick(self, now: datetime | None = None) -> TickResult:
+        now = now or self.clock()
+        try:
+            led = self.leader.leads()
+        except Exception:
+            log.exception("scheduler: leadership check failed")
+            led = False
+        if not led:
+            return TickResult(led=False)
+        result = self.jobs.run(now)
+        if result.queued:
+            self.after()
+        return result
+
+    def start(self) -> None:
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line a tick otherwise
+        self._timer = BackgroundScheduler(
+            timezone=UTC, executors={"default": ThreadPoolExecutor(1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+        self._timer.add_job(self.tick, _trigger(self.interval), id=JOB_ID,
+                            next_run_time=datetime.now(UTC))
+        self._timer.start()
+        log.info("scheduler: jobs every %s", self.interval)
+
+    @property
+    def alive(self) -> bool:
+        return self._timer is not None and bool(self._timer.running)
+
+    def reload(self, settings: Settings) -> None:
+        """SIGHUP: the next tick uses the new settings (and interval)."""
+        self.jobs = Jobs(settings, self.jobs.db)
+        if settings.scheduler.interval != self.interval:
+            self.interval = settings.scheduler.interval
+            if self._timer is not None:
+                self._timer.reschedule_job(JOB_ID, trigger=_trigger(self.interval))
+
+    def stop(self) -> None:
+        """Let a tick in progress finish, then give up leadership."""
+        if self._timer is not None:
+            self._timer.shutdown(wait=True)
+            self._timer = None
+        self.leader.close()
+
+
+def _trigger(interval: timedelta) -> IntervalTrigger:
+    return IntervalTrigger(seconds=interval.total_seconds(), timezone=UTC)
