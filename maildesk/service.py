@@ -241,6 +241,6 @@ class MetricsServer:
 
 def _database_up(db: Database) -> bool:
     try:
-        return db.has_schema()
+        return db.schema_version() is not None
     except StoreUnavailable:
         return False

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from maildesk.config import Settings
     from maildesk.store import Database
+    from maildesk.store.direct import Reader
 
 EX_OK, EX_FAIL, EX_USAGE, EX_TEMPFAIL = 0, 1, 2, 75
 
@@ -49,6 +50,18 @@ def database(settings: Settings, *, migrate: bool = True) -> Database:
     from maildesk.app import open_database
 
     return open_database(settings, migrate=migrate)
+
+
+def reader(settings: Settings) -> Reader:
+    """The database for a read command: a driver connection, without SQLAlchemy (whose
+    import alone takes longer than such a command may; see store.direct). A database that
+    is not at the current schema (new, or older) is migrated first, as by every command."""
+    from maildesk.store.direct import SCHEMA_HEAD, Reader, schema_version
+
+    found = Reader(settings.database.url)
+    if not found.exists() or schema_version(found) != SCHEMA_HEAD:
+        database(settings).dispose()
+    return found
 
 
 def read_message(path: str | None) -> bytes:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from maildesk.cli.common import EX_FAIL, EX_OK, CliError, database, print_json, settings
+from maildesk.cli.common import (
+    EX_FAIL,
+    EX_OK,
+    CliError,
+    database,
+    print_json,
+    reader,
+    settings,
+)
 from maildesk.cli.parser import Adder, group
 
 if TYPE_CHECKING:
@@ -24,8 +32,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     from maildesk.domain import InboxState
     from maildesk.store import inbox
 
-    db = database(settings(args))
-    items = inbox.list_items(db, state=InboxState.FAILED if args.failed else None)
+    items = inbox.list_items(reader(settings(args)),
+                             state=InboxState.FAILED if args.failed else None)
     if args.json:
         print_json([inbox_json(i) for i in items])
         return EX_OK

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from maildesk.cli.common import EX_OK, database, print_json, settings
+from maildesk.cli.common import EX_OK, print_json, reader, settings
 from maildesk.cli.parser import Adder
 
 
@@ -18,12 +18,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     since = datetime.fromisoformat(args.since) if args.since else None
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
-    with database(settings(args)).read() as s:
+    with reader(settings(args)).read_raw() as r:
         facts = [TicketFacts(
             queue=t.queue, assignee=t.assignee, status=t.status, created_at=t.created_at,
             first_response_at=t.first_response_at, solved_at=t.solved_at,
             first_response_due=t.first_response_due, resolution_due=t.resolution_due,
-        ) for t in tickets.report_rows(s, since)]
+        ) for t in tickets.report_rows(r, since)]
     result = report(facts)
     if args.json:
         print_json(result)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from maildesk.cli.common import EX_OK, CliError, database, print_json, settings
+from maildesk.cli.common import EX_OK, CliError, print_json, reader, settings
 from maildesk.cli.parser import Adder, group
 
 if TYPE_CHECKING:
     from maildesk.domain import EntryView, TicketView
+    from maildesk.store import tickets
 
 
 def ticket_json(t: TicketView) -> dict[str, Any]:
@@ -34,28 +35,42 @@ def entry_json(e: EntryView) -> dict[str, Any]:
 def cmd_list(args: argparse.Namespace) -> int:
     from maildesk.store import tickets
 
-    db = database(settings(args))
-    with db.read() as s:
-        views = tickets.list_views(s, status=args.status, queue=args.queue)
+    found = tickets.page(reader(settings(args)), status=args.status, queue=args.queue,
+                         limit=args.limit, before=args.before)
     if args.json:
-        print_json([ticket_json(t) for t in views])
+        print_json([ticket_json(t) for t in found.tickets])
         return EX_OK
-    for t in views:
+    for t in found.tickets:
         print(f"#{t.id:<6} {t.status.value:<8} {t.priority.value:<7} {t.queue:<12} "
               f"{t.requester:<32} {t.subject[:60]}")
+    print(_total_line(args, found))
     return EX_OK
+
+
+def _total_line(args: argparse.Namespace, found: tickets.Page) -> str:
+    """The last line of the text list: the total of the filter, and the next page."""
+    what = " ".join(f"{k} {v}" for k, v in (("status", args.status), ("queue", args.queue))
+                    if v)
+    total, shown = found.total, len(found.tickets)
+    line = f"{total} ticket{'' if total == 1 else 's'}" + (f" ({what})" if what else "")
+    if args.before is not None:
+        line += f", {shown} shown older than #{args.before}"
+    elif shown < total:
+        line += f", {shown} shown"
+    if found.more:
+        line += f"; next page: --before {found.tickets[-1].id}"
+    return line
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     from maildesk.store import tickets
 
-    db = database(settings(args))
-    with db.read() as s:
-        row = tickets.get_row(s, args.id)
+    with reader(settings(args)).read_raw() as r:
+        row = tickets.get_row(r, args.id)
         if row is None:
             raise CliError(f"no ticket #{args.id}")
-        view = tickets.view(s, row)
-        entries = tickets.entries(s, view.id)
+        view = tickets.view(r, row)
+        entries = tickets.entries(r, view.id)
     if args.json:
         print_json({**ticket_json(view), "entries": [entry_json(e) for e in entries]})
         return EX_OK
@@ -75,7 +90,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def register(sub: Any, add: Adder) -> None:
     tk = group(sub, "tickets", "tickets")
-    tl = add(tk, "list", cmd_list, "list tickets")
+    tl = add(tk, "list", cmd_list, "list tickets, newest first")
     tl.add_argument("--status")
     tl.add_argument("--queue")
+    tl.add_argument("--limit", type=int, default=50, help="tickets per page (0: all; default 50)")
+    tl.add_argument("--before", type=int, metavar="ID", help="the page of tickets older than ID")
     add(tk, "show", cmd_show, "show one ticket").add_argument("id", type=int)

@@ -1,15 +1,17 @@
-"""Tickets, their entries, participants, message references and links."""
+"""Tickets, their entries, participants, message references and links.
+
+All hand-written SQL (store.raw), no ORM: the processing transaction's statements for
+speed, the reads (the CLI's `tickets list` and `show`, reports) so that they also run on
+a store.direct.Reader without importing SQLAlchemy."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
-
-from sqlalchemy import func
-from sqlmodel import Session, col, select
+from typing import TYPE_CHECKING, Any
 
 from maildesk.domain import (
     Attachment,
@@ -19,25 +21,21 @@ from maildesk.domain import (
     Status,
     TicketView,
 )
-from maildesk.store.db import Database
 from maildesk.store.raw import Raw, Row, placeholders, raw
-from maildesk.store.tables import (
-    AttachmentRow,
-    DeferredRow,
-    EntryRow,
-    ParticipantRow,
-    TicketLinkRow,
-    TicketRow,
-)
 from maildesk.thread import TicketFacts
+
+if TYPE_CHECKING:  # not at run time: `maildesk tickets list` runs without SQLAlchemy
+    from sqlmodel import Session
+
+    from maildesk.store.direct import Readable
 
 MAX_MERGE_HOPS = 20
 
 
 @dataclass
 class Ticket:
-    """A ticket row as the processing transaction reads and changes it (see store.raw);
-    the CLI and reports use TicketRow through the ORM."""
+    """A ticket row as the processing transaction reads and changes it (see store.raw),
+    and as reports read it; the CLI lists and shows TicketViews."""
 
     id: int
     subject: str
@@ -76,7 +74,7 @@ def _ticket(r: Raw, row: Row) -> Ticket:
     return Ticket(**values)
 
 
-def load(s: Session, ticket_id: int) -> Ticket | None:
+def load(s: Session | Raw, ticket_id: int) -> Ticket | None:
     """One ticket as stored (merges not followed)."""
     r = raw(s)
     row = r.one(f"{_SELECT} WHERE id = ?", (ticket_id,))
@@ -96,7 +94,7 @@ def save(s: Session, t: Ticket) -> None:
 class SessionLookup:
     """thread.ThreadLookup over one database session (inside the processing transaction)."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session | Raw) -> None:
         self.s = session
         # What threading loaded, so storing the message changes the same objects.
         self.loaded: dict[int, Ticket] = {}
@@ -165,7 +163,7 @@ class SessionLookup:
         return found[0] if found else None
 
 
-def get_row(s: Session, ticket_id: int) -> Ticket | None:
+def get_row(s: Session | Raw, ticket_id: int) -> Ticket | None:
     """The ticket, merges followed."""
     return SessionLookup(s)._resolve(ticket_id)
 
@@ -289,94 +287,182 @@ def merge(s: Session, lookup: SessionLookup, into: Ticket, other: int, now: date
 
 
 # --- reading, for the CLI and the outbound side -------------------------------------------
+# Hand-written SQL like the hot path, and for another reason: the CLI's read commands run
+# on a store.direct.Reader, without SQLAlchemy, whose import alone takes longer than a
+# read command may take. Each function takes a session or a Raw.
+
+_IN_CHUNK = 500  # ids per IN (...) list: SQLite allows 32,766 parameters, PostgreSQL 65,535
+_VIEW_COLUMNS = ("id, subject, status, priority, queue, assignee, requester, reply_to, tags,"
+                 " created_at, updated_at, merged_into")
 
 
-def view(s: Session, row: TicketRow | Ticket) -> TicketView:
-    assert row.id is not None
-    cc = s.exec(select(ParticipantRow.address).where(
-        ParticipantRow.ticket_id == row.id, ParticipantRow.role == "cc")).all()
-    linked = s.exec(select(TicketLinkRow.other_id).where(TicketLinkRow.ticket_id == row.id)).all()
-    return TicketView(
-        id=row.id, subject=row.subject, status=Status(row.status),
-        priority=Priority(row.priority), queue=row.queue, assignee=row.assignee,
-        requester=row.requester, reply_to=row.reply_to, tags=row.tags.split(),
-        cc=list(cc), created_at=row.created_at, updated_at=row.updated_at,
-        merged_into=row.merged_into, linked=sorted(linked),
-    )
+@dataclass(frozen=True)
+class Page:
+    """One page of `tickets list`: the tickets, newest first, how many match in all, and
+    whether older ones follow."""
+
+    tickets: list[TicketView]
+    total: int
+    more: bool = False
+
+
+def _chunks(ids: Sequence[int]) -> Iterable[list[int]]:
+    for i in range(0, len(ids), _IN_CHUNK):
+        yield list(ids[i:i + _IN_CHUNK])
+
+
+def _by_ticket(r: Raw, sql: str, ids: Sequence[int]) -> dict[int, list[Any]]:
+    """`sql` for many ids at once (`{}` is the IN list): the rows grouped by their first
+    column, each as its second column or, with more columns, the tuple of the rest."""
+    found: dict[int, list[Any]] = {}
+    for chunk in _chunks(ids):
+        for key, *rest in r.rows(sql.format(placeholders(len(chunk))), chunk):
+            found.setdefault(key, []).append(rest[0] if len(rest) == 1 else tuple(rest))
+    return found
+
+
+def views(src: Session | Raw, rows: Sequence[Sequence[Any]]) -> list[TicketView]:
+    """TicketViews of rows selected as _VIEW_COLUMNS: two queries in all for their CC
+    participants and links, not two per ticket."""
+    r = raw(src)
+    ids = [row[0] for row in rows]
+    cc = _by_ticket(r, "SELECT ticket_id, address FROM participant WHERE role = 'cc'"
+                       " AND ticket_id IN ({}) ORDER BY id", ids)
+    linked = _by_ticket(r, "SELECT ticket_id, other_id FROM ticket_link"
+                           " WHERE ticket_id IN ({})", ids)
+    out = []
+    for (i, subject, status, priority, queue, assignee, requester, reply_to, tags, created,
+         updated, merged_into) in rows:
+        created_at, updated_at = r.read_time(created), r.read_time(updated)
+        assert created_at is not None and updated_at is not None
+        out.append(TicketView(
+            id=i, subject=subject, status=Status(status), priority=Priority(priority),
+            queue=queue, assignee=assignee, requester=requester, reply_to=reply_to,
+            tags=tags.split(), cc=cc.get(i, []), created_at=created_at, updated_at=updated_at,
+            merged_into=merged_into, linked=sorted(linked.get(i, [])),
+        ))
+    return out
+
+
+def view(src: Session | Raw, row: Ticket) -> TicketView:
+    r = raw(src)
+    found = r.one(f"SELECT {_VIEW_COLUMNS} FROM ticket WHERE id = ?", (row.id,))
+    assert found is not None, f"no ticket #{row.id}"
+    return views(r, [found])[0]
+
+
+def page(
+    db: Readable, *, status: str | None = None, queue: str | None = None, limit: int = 50,
+    before: int | None = None,
+) -> Page:
+    """Live tickets (merged-away ones left out), newest first: `limit` of them (0: all)
+    older than ticket `before` when given, and the total of the filter (not of the page).
+
+    Indexes keep both fast however many tickets there are: ix_ticket_status_list and
+    ix_ticket_queue_list are (status or queue, merged_into, id), so the page is read
+    from the index in order and stops after `limit` rows, and the total counts index
+    entries only."""
+    where: list[str] = ["merged_into IS NULL"]
+    params: list[Any] = []
+    for column, value in (("status", status), ("queue", queue)):
+        if value:
+            where.append(f"{column} = ?")
+            params.append(value)
+    match = " AND ".join(where)
+    with db.read_raw() as r:
+        total = r.one(f"SELECT count(*) FROM ticket WHERE {match}", params)
+        if before is not None:
+            match += " AND id < ?"
+            params.append(before)
+        sql = f"SELECT {_VIEW_COLUMNS} FROM ticket WHERE {match} ORDER BY id DESC"
+        rows = r.rows(sql + " LIMIT ?", (*params, limit + 1)) if limit else r.rows(sql, params)
+        more = bool(limit) and len(rows) > limit
+        return Page(views(r, rows[:limit] if limit else rows), int(total[0]) if total else 0,
+                    more)
 
 
 def list_views(
-    s: Session, *, status: str | None = None, queue: str | None = None, limit: int = 500
+    src: Session | Raw, *, status: str | None = None, queue: str | None = None,
+    limit: int = 500,
 ) -> list[TicketView]:
-    q = select(TicketRow).where(col(TicketRow.merged_into).is_(None))
-    if status:
-        q = q.where(TicketRow.status == status)
-    if queue:
-        q = q.where(TicketRow.queue == queue)
-    rows = s.exec(q.order_by(col(TicketRow.id).desc()).limit(limit)).all()
-    return [view(s, r) for r in rows]
+    """The newest `limit` live tickets (see `page`)."""
+    return page(_Fixed(raw(src)), status=status, queue=queue, limit=limit).tickets
 
 
-def entries(s: Session, ticket_id: int) -> list[EntryView]:
-    rows = s.exec(
-        select(EntryRow).where(EntryRow.ticket_id == ticket_id)
-        .order_by(col(EntryRow.created_at), col(EntryRow.id))
-    ).all()
-    pending = set(s.exec(select(DeferredRow.entry_id).where(
-        col(DeferredRow.entry_id).in_([r.id for r in rows]))).all()) if rows else set()
+class _Fixed:
+    """A Readable over a Raw that is already open (a session's)."""
+
+    def __init__(self, r: Raw) -> None:
+        self.r = r
+
+    @contextmanager
+    def read_raw(self) -> Iterator[Raw]:
+        yield self.r
+
+
+def entries(src: Session | Raw, ticket_id: int) -> list[EntryView]:
+    """The entries of a ticket in order, with their attachments (one query for all of
+    them) and whether their body is still being read (a pending follow-up)."""
+    r = raw(src)
+    rows = r.rows(
+        "SELECT e.id, e.ticket_id, e.kind, e.from_addr, e.subject, e.body, e.created_at,"
+        " e.message_id, e.verified, e.thread_rule, e.thread_reason, e.inbox_id,"
+        " d.inbox_id IS NOT NULL FROM entry e LEFT JOIN deferred d ON d.entry_id = e.id"
+        " WHERE e.ticket_id = ? ORDER BY e.created_at, e.id", (ticket_id,))
+    attachments = _by_ticket(
+        r, "SELECT entry_id, filename, content_type, size FROM attachment"
+           " WHERE entry_id IN ({}) ORDER BY id", [row[0] for row in rows]) if rows else {}
     out = []
-    for r in rows:
-        assert r.id is not None
-        atts = s.exec(select(AttachmentRow.filename, AttachmentRow.content_type,
-                             AttachmentRow.size).where(AttachmentRow.entry_id == r.id)).all()
+    for (i, t, kind, frm, subject, body, created, mid, verified, rule, reason, inbox_id,
+         pending) in rows:
+        created_at = r.read_time(created)
+        assert created_at is not None
         out.append(EntryView(
-            id=r.id, ticket_id=r.ticket_id, kind=EntryKind(r.kind), from_addr=r.from_addr,
-            subject=r.subject, body=r.body, created_at=r.created_at, message_id=r.message_id,
-            verified=r.verified, thread_rule=r.thread_rule, thread_reason=r.thread_reason,
-            inbox_id=r.inbox_id, attachments=[(n, t, z) for n, t, z in atts],
-            pending=r.id in pending,
+            id=i, ticket_id=t, kind=EntryKind(kind), from_addr=frm, subject=subject,
+            body=body, created_at=created_at, message_id=mid,
+            verified=None if verified is None else bool(verified), thread_rule=rule,
+            thread_reason=reason, inbox_id=inbox_id, attachments=attachments.get(i, []),
+            pending=bool(pending),
         ))
     return out
 
 
 def last_assignee(s: Session, queue: str) -> str | None:
     """The assignee of the most recently created assigned ticket in `queue` (round robin)."""
-    return s.exec(
-        select(TicketRow.assignee)
-        .where(TicketRow.queue == queue, col(TicketRow.assignee).is_not(None))
-        .order_by(col(TicketRow.created_at).desc(), col(TicketRow.id).desc())
-        .limit(1)
-    ).first()
+    found = raw(s).one(
+        "SELECT assignee FROM ticket WHERE queue = ? AND assignee IS NOT NULL"
+        " ORDER BY created_at DESC, id DESC LIMIT 1", (queue,))
+    return found[0] if found else None
 
 
 def open_counts(s: Session, agents: Sequence[str]) -> dict[str, int]:
     """How many unsolved tickets each agent holds (least open)."""
-    rows = s.exec(
-        select(TicketRow.assignee, func.count())
-        .where(
-            col(TicketRow.assignee).in_(list(agents)),
-            col(TicketRow.status).in_([Status.NEW.value, Status.OPEN.value, Status.PENDING.value]),
-            col(TicketRow.merged_into).is_(None),
-        )
-        .group_by(TicketRow.assignee)
-    ).all()
     counts = {a: 0 for a in agents}
-    counts.update({a: n for a, n in rows if a})
+    if not counts:
+        return counts
+    unsolved = (Status.NEW.value, Status.OPEN.value, Status.PENDING.value)
+    rows = raw(s).rows(
+        f"SELECT assignee, count(*) FROM ticket WHERE assignee IN ({placeholders(len(counts))})"
+        f" AND status IN (?, ?, ?) AND merged_into IS NULL GROUP BY assignee",
+        (*counts, *unsolved))
+    counts.update({a: int(n) for a, n in rows if a})
     return counts
 
 
-def report_rows(s: Session, since: datetime | None) -> list[TicketRow]:
+def report_rows(src: Session | Raw, since: datetime | None) -> list[Ticket]:
     """Tickets created since `since` (merged-away ones excluded), for `maildesk report`."""
-    q = select(TicketRow).where(col(TicketRow.merged_into).is_(None))
-    if since is not None:
-        q = q.where(col(TicketRow.created_at) >= since)
-    return list(s.exec(q).all())
+    r = raw(src)
+    if since is None:
+        rows = r.rows(f"{_SELECT} WHERE merged_into IS NULL")
+    else:
+        rows = r.rows(f"{_SELECT} WHERE merged_into IS NULL AND created_at >= ?",
+                      (r.time(since),))
+    return [_ticket(r, row) for row in rows]
 
 
-def count_by_status(db: Database) -> dict[str, int]:
+def count_by_status(db: Readable) -> dict[str, int]:
     """Live tickets per status (merged-away ones excluded), for the metrics gauge."""
-    with db.read() as s:
-        rows = s.exec(select(TicketRow.status, func.count())
-                      .where(col(TicketRow.merged_into).is_(None))
-                      .group_by(TicketRow.status)).all()
-    return {status: n for status, n in rows}
+    with db.read_raw() as r:
+        rows = r.rows("SELECT status, count(*) FROM ticket WHERE merged_into IS NULL"
+                      " GROUP BY status")
+    return {status: int(n) for status, n in rows}
