@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from maildesk import metrics
+from maildesk import logs, metrics
 from maildesk.app import build_pipeline, open_database
 from maildesk.config import ConfigError, Settings, load_settings
 from maildesk.intake.smtp import SmtpIntake
@@ -45,22 +45,13 @@ class Intake(Protocol):
 
 def run(settings: Settings, config_path: Path | None = None) -> int:
     """The daemon's main: returns the exit status (0 after SIGTERM)."""
-    _configure_logging()
+    logs.configure(settings.log)
     problems = Templates(settings.desk.templates).check(SHIPPED_TEMPLATES)
     if problems:
         for line in problems:
             log.error("%s", line)
         return 1
     return asyncio.run(Service(settings, config_path).serve())
-
-
-def _configure_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=os.environ.get("MAILDESK_LOG_LEVEL", "INFO").upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: per-command noise
 
 
 class Service:

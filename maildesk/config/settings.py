@@ -22,6 +22,7 @@ from maildesk.config.tables import (
     Agent,
     Database,
     Desk,
+    Log,
     Loop,
     Mailbox,
     Metrics,
@@ -33,7 +34,7 @@ from maildesk.config.tables import (
 )
 from maildesk.config.values import ConfigError, Loc, _config_dir, _fail, _Model
 
-_TABLES = ("database", "smtp", "outbound", "threading", "loop", "security", "metrics")
+_TABLES = ("database", "smtp", "outbound", "threading", "loop", "security", "metrics", "log")
 
 
 def _duplicates(values: list[str], field: str, what: str) -> list[tuple[Loc, str]]:
@@ -60,6 +61,7 @@ class Settings(_Model):
     loop: Loop = Field(default_factory=Loop)
     security: Security = Field(default_factory=Security)
     metrics: Metrics = Field(default_factory=Metrics)
+    log: Log = Field(default_factory=Log)
     config_dir: Path = Field(default_factory=Path.cwd)  # not a TOML key
     _agent_addresses: frozenset[str] = PrivateAttr(default=frozenset())
     _desk_addresses: frozenset[str] = PrivateAttr(default=frozenset())

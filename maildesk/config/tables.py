@@ -1,5 +1,6 @@
 """The single tables of the configuration: [desk], [database], [smtp], [outbound],
-[[mailboxes]], [[agents]], [[queues]], [threading], [loop], [security] and [metrics]."""
+[[mailboxes]], [[agents]], [[queues]], [threading], [loop], [security], [metrics] and
+[log]."""
 
 from __future__ import annotations
 
@@ -353,3 +354,18 @@ class Metrics(_Model):
     @property
     def port(self) -> int | None:
         return split_host_port(self.listen)[1] if self.listen else None
+
+
+def _log_level(v: object) -> object:
+    env = os.environ.get("MAILDESK_LOG_LEVEL", "").strip()
+    value = env or v
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+class Log(_Model):
+    """[log]: the daemon's log, one event per line on stderr (journald under systemd)."""
+
+    format: Literal["text", "json"] = "text"
+    # MAILDESK_LOG_LEVEL, when set, wins (as for a one-off debugging run)
+    level: Annotated[Literal["debug", "info", "warning", "error"],
+                     BeforeValidator(_log_level)] = Field(default="info", validate_default=True)

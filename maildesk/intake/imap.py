@@ -42,6 +42,7 @@ from maildesk.identity import identity
 from maildesk.intake.imap_batches import FetchGuard, plan_batches
 from maildesk.intake.imap_health import Backoff, MailboxHealth, send_alert
 from maildesk.intake.imap_session import ImapError, ImapSession, Selected
+from maildesk.logs import about
 from maildesk.store import Database, StoreUnavailable, inbox, mailboxes
 from maildesk.store.inbox import utcnow
 from maildesk.store.mailboxes import Checkpoint, CheckpointMoved, MailboxLock
@@ -336,7 +337,8 @@ class MailboxPoller:
             self.wake()
         for uid, row, inbox_id in stored:
             log.info("mailbox %s: UID %d <%s> stored as inbox %d", m.name, uid,
-                     row.message_id or "", inbox_id)
+                     row.message_id or "", inbox_id,
+                     extra=about(inbox=inbox_id, message_id=row.message_id, mailbox=m.name))
         if len(stored) < len(done):
             log.info("mailbox %s: %d message(s) already stored, not stored again",
                      m.name, len(done) - len(stored))
