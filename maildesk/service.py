@@ -12,17 +12,17 @@ templates in between batches, without closing a connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
 import signal
 import socket
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from maildesk import logs, metrics
+from maildesk import health, logs, metrics
 from maildesk.app import build_pipeline, open_database
 from maildesk.config import ConfigError, Settings, load_settings
 from maildesk.intake.smtp import SmtpIntake
@@ -31,6 +31,9 @@ from maildesk.outbound.sender import Sender
 from maildesk.outbound.transports import make_transport
 from maildesk.store import Database, StoreUnavailable, deferred, outbox, tickets
 from maildesk.worker import FOLLOW_UP_QUIET, Worker
+
+if TYPE_CHECKING:
+    from maildesk.intake.imap_health import Failure
 
 log = logging.getLogger("maildesk.service")
 SHIPPED_TEMPLATES = ("ack", "solved", "command_error", "agent_reply", "new_ticket_agent",
@@ -41,6 +44,7 @@ class Intake(Protocol):
     def start(self) -> None: ...
     def stop(self, timeout: float = 10) -> None: ...
     def reload(self, settings: Settings) -> None: ...
+    def failures(self) -> dict[str, Failure]: ...
 
 
 def run(settings: Settings, config_path: Path | None = None) -> int:
@@ -81,7 +85,7 @@ class Service:
             await self.smtp.start()
         self._start_imap(self.settings)
         if self.settings.metrics.listen:
-            self.metrics = MetricsServer(self.db, self._healthy)
+            self.metrics = MetricsServer(self.db, self._health_problems)
             await self.metrics.start(self.settings.metrics.host or "127.0.0.1",
                                      self.settings.metrics.port or 0)
         loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
@@ -156,7 +160,21 @@ class Service:
         return self.smtp is not None and self.smtp.busy(quiet)
 
     def _healthy(self) -> bool:
+        """The watchdog's question: are the threads alive? (Not the database: a restart
+        does not bring it back.)"""
         return self.worker.alive and self.sender.alive and not self._stopping.is_set()
+
+    def _health_problems(self) -> list[str]:
+        """What /healthz reports (see maildesk.health); [] when healthy."""
+        problems = [f"{name} thread not running" for name, loop in
+                    (("worker", self.worker), ("sender", self.sender)) if not loop.alive]
+        if self._stopping.is_set():
+            problems.append("stopping")
+        problems += [p for p in [health.database_problem(self.db)] if p]
+        if self.imap is not None:
+            problems += health.mailbox_problems(self.imap.failures(), datetime.now(UTC),
+                                                self.settings.desk.alert_after)
+        return problems
 
     async def _watchdog(self) -> None:
         """systemd WatchdogSec: ping at half the interval while the workers are alive."""
@@ -185,11 +203,12 @@ def sd_notify(state: str) -> None:
 
 
 class MetricsServer:
-    """GET /metrics (Prometheus text format) and GET /healthz on `metrics.listen`."""
+    """GET /metrics (Prometheus text format) and GET /healthz on `metrics.listen`:
+    200 "ok", or 503 "unhealthy" and one line per problem that `problems()` lists."""
 
-    def __init__(self, db: Database, healthy: Callable[[], bool]) -> None:
+    def __init__(self, db: Database, problems: Callable[[], list[str]]) -> None:
         self.db = db
-        self.healthy = healthy
+        self.problems = problems
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -217,21 +236,20 @@ class MetricsServer:
 
     def _respond(self, path: str) -> tuple[str, str, bytes]:
         if path == "/metrics":
-            with contextlib.suppress(StoreUnavailable):
+            try:
                 metrics.outbox_backlog.set(outbox.backlog(self.db))
+                metrics.outbox_failed_messages.set(outbox.failed_count(self.db))
                 metrics.follow_ups.set(deferred.count(self.db))
                 for status, n in tickets.count_by_status(self.db).items():
                     metrics.tickets.labels(status).set(n)
+                metrics.database_up.set(1)
+            except StoreUnavailable:
+                metrics.database_up.set(0)
             return ("200 OK", *metrics.exposition())
         if path == "/healthz":
-            ok = self.healthy() and _database_up(self.db)
-            return ("200 OK" if ok else "503 Service Unavailable", "text/plain",
-                    b"ok\n" if ok else b"unhealthy\n")
+            problems = self.problems()
+            if not problems:
+                return "200 OK", "text/plain", b"ok\n"
+            body = "unhealthy\n" + "".join(f"{p}\n" for p in problems)
+            return "503 Service Unavailable", "text/plain; charset=utf-8", body.encode()
         return "404 Not Found", "text/plain", b"not found\n"
-
-
-def _database_up(db: Database) -> bool:
-    try:
-        return db.schema_version() is not None
-    except StoreUnavailable:
-        return False

@@ -40,7 +40,7 @@ from maildesk.config import Mailbox, Settings
 from maildesk.domain import Source
 from maildesk.identity import identity
 from maildesk.intake.imap_batches import FetchGuard, plan_batches
-from maildesk.intake.imap_health import Backoff, MailboxHealth, send_alert
+from maildesk.intake.imap_health import Backoff, Failure, MailboxHealth, send_alert
 from maildesk.intake.imap_session import ImapError, ImapSession, Selected
 from maildesk.logs import about
 from maildesk.store import Database, StoreUnavailable, inbox, mailboxes
@@ -108,6 +108,11 @@ class ImapIntake:
         for poller in self.pollers.values():
             poller.join(max(0.0, deadline - time.monotonic()))
         self.pollers.clear()
+
+    def failures(self) -> dict[str, Failure]:
+        """Mailbox name → its failure episode, for the mailboxes failing now (/healthz)."""
+        found = {name: p.health.failure for name, p in self.pollers.items()}
+        return {name: f for name, f in found.items() if f is not None}
 
     def states(self) -> dict[str, bool]:
         """Mailbox name → connected now (for health checks)."""
