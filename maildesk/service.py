@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 from maildesk import health, logs, metrics
 from maildesk.app import build_pipeline, open_database
 from maildesk.config import ConfigError, Settings, load_settings
+from maildesk.intake.doorbell import Doorbell
 from maildesk.intake.smtp import SmtpIntake
 from maildesk.outbound.render import Templates
 from maildesk.outbound.sender import Sender
@@ -75,12 +76,14 @@ class Service:
             self.smtp = SmtpIntake(settings, self.db, self.worker.wake, hostname)
         self.imap: Intake | None = None
         self.metrics: MetricsServer | None = None
+        self.doorbell = Doorbell(settings.database.url, self.worker.wake)  # `maildesk ingest`
         self._stopping = asyncio.Event()
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
         self.worker.start()
         self.sender.start()
+        self.doorbell.start()
         if self.smtp is not None:
             await self.smtp.start()
         self._start_imap(self.settings)
@@ -116,6 +119,7 @@ class Service:
 
     async def _shutdown(self) -> None:
         loop = asyncio.get_running_loop()
+        self.doorbell.stop()
         if self.smtp is not None:
             await self.smtp.stop()
         if self.metrics is not None:
