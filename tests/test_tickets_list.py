@@ -128,3 +128,13 @@ def test_read_commands_import_neither_sqlalchemy_nor_the_pipeline(tmp_path: Path
         assert not imported & {"sqlalchemy", "sqlmodel", "alembic", "mailparser", "jinja2",
                                "aiosmtpd", "maildesk.pipeline", "prometheus_client"}, argv
         assert proc.stdout, argv
+
+
+def test_a_read_command_with_the_database_down_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.helpers import write_config
+
+    cfg = write_config(tmp_path, "postgresql+psycopg://postgres@127.0.0.1:9/nowhere")
+    assert main(["tickets", "list", "--config", str(cfg)]) == 75
+    assert "database unavailable, try again later" in capsys.readouterr().err

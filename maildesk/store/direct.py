@@ -118,17 +118,18 @@ class Reader:
     def read_raw(self) -> Iterator[Raw]:
         """One read transaction (a consistent snapshot: a page and its total agree).
         Driver errors that a retry can cure become StoreUnavailable."""
+        driver_error = _driver_error(self.is_sqlite)
         try:
             conn = connect(self.url, timeout=self.timeout)
-        except Exception as exc:
+        except driver_error as exc:
             raise StoreUnavailable(one_line(exc)) from exc
         try:
             if self.is_sqlite:
                 conn.execute("PRAGMA query_only = ON")
                 conn.execute("BEGIN")
             yield Raw.of_driver(conn, sqlite=self.is_sqlite)
-        except Exception as exc:
-            if _is_driver_error(exc) and is_transient(exc):
+        except driver_error as exc:
+            if is_transient(exc):
                 raise StoreUnavailable(one_line(exc)) from exc
             raise
         finally:
@@ -137,8 +138,13 @@ class Reader:
             conn.close()
 
 
-def _is_driver_error(exc: BaseException) -> bool:
-    """sqlite3.Error or psycopg.Error, without importing the driver that is not in use."""
-    return any(cls.__name__ in ("Error", "DatabaseError", "OperationalError")
-               and cls.__module__.split(".")[0] in ("sqlite3", "psycopg")
-               for cls in type(exc).__mro__)
+def _driver_error(sqlite: bool) -> type[Exception]:
+    """The driver's base exception (psycopg is imported anyway to connect to PostgreSQL)."""
+    if sqlite:
+        import sqlite3
+
+        return sqlite3.Error
+    import psycopg
+
+    error: type[Exception] = psycopg.Error
+    return error
