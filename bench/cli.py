@@ -10,7 +10,10 @@ entry point next to this Python, as an operator's shell starts it) and prints th
 wall time. Then `--ingest` new messages go through `maildesk ingest --json` one process
 at a time, without a daemon (each process processes its message) and next to a running
 `maildesk serve` (each process commits, rings the daemon and waits for its result):
-msg/s, the median per process, and the states the processes reported.
+msg/s (of the time in the processes), the median per process, and the states the
+processes reported. Next to the daemon each alternates with an `ingest --queue` (a
+process that only commits: the floor of one process per message). `python -c pass`
+is timed too: on a busy machine everything is slower, the floor included.
 
 Install the package regularly (`pip install .`) for figures an operator would see: an
 editable install adds an import hook to every process.
@@ -98,20 +101,35 @@ def reads(config: Path, ticket: int, runs: int) -> dict[str, float]:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def ingest(config: Path, messages: list[bytes]) -> dict[str, object]:
-    """`maildesk ingest --json` one process per message, one at a time."""
+def ingest(config: Path, messages: list[bytes], *, queue: list[bytes] | None = None
+           ) -> dict[str, object]:
+    """`maildesk ingest --json` one process per message, one at a time. With `queue`,
+    each alternates with an `ingest --queue` of a message of that list (the floor: a
+    process that only commits), reported as `queue_msg_s` and `queue_median_ms`."""
     argv = [*maildesk(), "ingest", "--json", "--config", str(config),
             "--recipient", "support@example.com", "-"]
     per: list[float] = []
+    floor: list[float] = []
     states: Counter[str] = Counter()
-    t0 = time.perf_counter()
-    for raw in messages:
+    for i, raw in enumerate(messages):
         took, out = timed(argv, raw)
         per.append(took)
         states[json.loads(out)["state"]] += 1
-    total = time.perf_counter() - t0
-    return {"msg_s": len(messages) / total, "median_ms": statistics.median(per) * 1000,
-            "states": dict(states)}
+        if queue:
+            floor.append(timed([*argv[:-1], "--queue", "-"], queue[i])[0])
+    result: dict[str, object] = {"msg_s": len(per) / sum(per),
+                                 "median_ms": statistics.median(per) * 1000,
+                                 "states": dict(states)}
+    if floor:
+        result.update(queue_msg_s=len(floor) / sum(floor),
+                      queue_median_ms=statistics.median(floor) * 1000)
+    return result
+
+
+def interpreter_ms(runs: int) -> float:
+    """Median start and exit of this Python doing nothing: how busy the machine is."""
+    return statistics.median(timed([sys.executable, "-c", "pass"])[0]
+                             for _ in range(runs)) * 1000
 
 
 def main() -> None:
@@ -126,19 +144,23 @@ def main() -> None:
         daemon = Daemon(Path(tmp))
         seeded = generate(args.tickets, seed=7)
         ticket = seed(daemon.config, seeded)
-        fresh = generate(args.tickets + 2 * args.ingest, seed=7)[args.tickets:]
-        result: dict[str, object] = {"reads_s": reads(daemon.config, ticket, args.runs)}
-        result["ingest_no_daemon"] = ingest(daemon.config, fresh[:args.ingest])
+        fresh = generate(args.tickets + 3 * args.ingest, seed=7)[args.tickets:]
+        n = args.ingest
+        result: dict[str, object] = {"python_ms": interpreter_ms(args.runs),
+                                     "reads_s": reads(daemon.config, ticket, args.runs)}
+        result["ingest_no_daemon"] = ingest(daemon.config, fresh[:n])
         daemon.start()
         try:
-            result["ingest_daemon"] = ingest(daemon.config, fresh[args.ingest:])
+            result["ingest_daemon"] = ingest(daemon.config, fresh[n:2 * n],
+                                             queue=fresh[2 * n:])
         finally:
             daemon.stop()
     if args.json:
         print(json.dumps(result))
         return
     print(f"{args.tickets} messages seeded; medians of {args.runs} runs, {os.cpu_count()} CPUs, "
-          f"Python {sys.version.split()[0]}, {' '.join(maildesk())}")
+          f"Python {sys.version.split()[0]} (`python -c pass`: {result['python_ms']:.0f} ms), "
+          f"{' '.join(maildesk())}")
     for name, seconds in result["reads_s"].items():  # type: ignore[attr-defined]
         print(f"  {name:<28} {seconds * 1000:6.0f} ms")
     for key, what in (("ingest_no_daemon", "without a daemon"),
@@ -147,6 +169,9 @@ def main() -> None:
         assert isinstance(r, dict)
         print(f"  ingest --json, {what:<25} {r['msg_s']:5.1f} msg/s "
               f"(median {r['median_ms']:.0f} ms a process; states {r['states']})")
+        if "queue_msg_s" in r:
+            print(f"  ingest --queue, alternating with it     {r['queue_msg_s']:5.1f} msg/s "
+                  f"(median {r['queue_median_ms']:.0f} ms a process: the floor)")
 
 
 if __name__ == "__main__":
