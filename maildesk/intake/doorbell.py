@@ -59,13 +59,18 @@ class Doorbell:
 
     def __init__(self, database_url: str, on_ring: Callable[[Sequence[int]], None]) -> None:
         self.address = address(database_url)
+        self.sqlite = database_url.startswith("sqlite")
         self.on_ring = on_ring
         self.sock: socket.socket | None = None
 
     def start(self) -> None:
-        """Listen; when another daemon of the same database on this host already does (or
-        the system has no abstract sockets), say so and go on without: `ingest` then
-        rings that one, or processes its message itself."""
+        """Listen (on SQLite only: on PostgreSQL `ingest` takes the full path and processes
+        the message itself, and several nodes may share a host). When another daemon of the
+        same database file on this host already listens (or the system has no abstract
+        sockets), say so and go on without: `ingest` then rings that one, or processes its
+        message itself."""
+        if not self.sqlite:
+            return
         import socket
 
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
