@@ -1,13 +1,22 @@
-"""Wiring shared by the CLI and the daemon: the database and the pipeline with its reactors."""
+"""Wiring shared by the CLI and the daemon: the database and the pipeline with its reactors.
+
+The pipeline (and through it mail-parser, Jinja2, the outbound side) is imported when one
+is built, not with this module: the CLI's commands that only open the database must not
+pay for it."""
 
 from __future__ import annotations
 
-from maildesk.config import Settings
-from maildesk.pipeline import Pipeline, Reactor
-from maildesk.store import Database
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from maildesk.config import Settings
+    from maildesk.pipeline import Pipeline, Reactor
+    from maildesk.store import Database
 
 
 def open_database(settings: Settings, *, migrate: bool = True) -> Database:
+    from maildesk.store.db import Database
+
     db = Database(settings.database.url, pool_size=settings.database.pool_size)
     if migrate:
         db.ensure_schema()
@@ -22,4 +31,6 @@ def reactors(settings: Settings) -> list[Reactor]:
 
 
 def build_pipeline(settings: Settings, db: Database) -> Pipeline:
+    from maildesk.pipeline import Pipeline
+
     return Pipeline(settings, db, reactors(settings))

@@ -28,7 +28,6 @@ from maildesk.store import sla as store
 from maildesk.store.tickets import Ticket
 
 log = logging.getLogger(__name__)
-DEFAULT_AFTER = timedelta(days=7)
 BATCH = 50  # one write transaction each, holding the processing lock: keep it short
 SOLVED = "solved"
 
@@ -39,17 +38,11 @@ class CloseResult:
     lines: list[str] = field(default_factory=list)
 
 
-def after(settings: Settings, ticket: Ticket) -> timedelta:
-    """How long this ticket may wait on its customer (0: for ever)."""
-    policy = sla.policy_for(settings.sla, ticket.queue, ticket.priority)
-    return policy.auto_close_after if policy is not None else DEFAULT_AFTER
-
-
 def shortest(settings: Settings) -> timedelta | None:
     """The shortest wait any ticket may have; None when auto-close is off for all."""
     waits = [p.auto_close_after for p in settings.sla if p.auto_close_after > timedelta(0)]
     if not any(not p.match.queue and not p.match.priority for p in settings.sla):
-        waits.append(DEFAULT_AFTER)  # some tickets may match no policy
+        waits.append(deadlines.DEFAULT_AUTO_CLOSE)  # some tickets may match no policy
     return min(waits) if waits else None
 
 
@@ -79,7 +72,7 @@ def auto_close(db: Database, settings: Settings, composer: Composer, now: dateti
 
 def _close(s: Session, settings: Settings, composer: Composer, ticket: Ticket, now: datetime,
            result: CloseResult) -> bool:
-    wait = after(settings, ticket)
+    wait = deadlines.auto_close_after(settings, ticket)
     since = ticket.paused_since
     if wait <= timedelta(0) or since is None or since + wait > now:
         return False

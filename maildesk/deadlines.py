@@ -15,15 +15,19 @@ The arithmetic is maildesk.sla's; this module only reads and writes.
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from sqlmodel import Session
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from maildesk import sla
 from maildesk.config import Settings
-from maildesk.store import Database, tickets
 from maildesk.store import sla as store
+from maildesk.store import tickets
 from maildesk.store.tickets import Ticket
+
+if TYPE_CHECKING:  # not at run time: `maildesk sla show` runs without SQLAlchemy
+    from sqlmodel import Session
+
+    from maildesk.store import Database
 
 
 def refresh(s: Session, settings: Settings, ticket: Ticket, *, now: datetime,
@@ -133,3 +137,12 @@ def _track_next_response(ticket: Ticket, now: datetime, *, customer_wrote: bool,
     elif customer_wrote and not running and ticket.first_response_at is not None:
         ticket.next_response_from = now
         ticket.next_response_at = None
+
+
+DEFAULT_AUTO_CLOSE = timedelta(days=7)  # SPEC §2.7: pending tickets of no policy too
+
+
+def auto_close_after(settings: Settings, ticket: Ticket) -> timedelta:
+    """How long this ticket may wait on its customer before it is solved (0: for ever)."""
+    policy = sla.policy_for(settings.sla, ticket.queue, ticket.priority)
+    return policy.auto_close_after if policy is not None else DEFAULT_AUTO_CLOSE

@@ -2,7 +2,8 @@
 
 Counters are process-wide; the daemon serves them with /healthz on
 `metrics.listen`. Gauges that describe the database (tickets by status,
-outbox backlog, follow-ups waiting) are filled by the daemon at scrape time.
+outbox backlog and failed messages, follow-ups waiting, database up) are filled
+by the daemon at scrape time; `maildesk_scheduler_leader` by the scheduler.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ outbox_failed = Counter(
 outbox_backlog = Gauge(
     "maildesk_outbox_backlog", "Outgoing messages waiting to be sent", registry=REGISTRY
 )
+outbox_failed_messages = Gauge(
+    "maildesk_outbox_failed_messages",
+    "Outgoing messages given up and not retried since (maildesk outbox list --state failed)",
+    registry=REGISTRY,
+)
 follow_ups = Gauge(
     "maildesk_followups_waiting",
     "Messages stored from their headers whose body and outgoing mail are still to do",
@@ -54,6 +60,15 @@ sla_reminders = Counter(
 )
 sla_auto_closed = Counter(
     "maildesk_sla_auto_closed", "Pending tickets solved for want of a customer reply",
+    registry=REGISTRY,
+)
+scheduler_leader = Gauge(
+    "maildesk_scheduler_leader",
+    "1 while this node runs the scheduled jobs (SLA scan, auto-close, digest), else 0",
+    registry=REGISTRY,
+)
+database_up = Gauge(
+    "maildesk_database_up", "1 when the last look at the database (scrape, /healthz) worked",
     registry=REGISTRY,
 )
 mailbox_up = Gauge(

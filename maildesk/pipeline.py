@@ -44,6 +44,7 @@ from maildesk.domain import (
 )
 from maildesk.identify import identify
 from maildesk.identity import content_hash
+from maildesk.logs import about
 from maildesk.parse import not_a_message, parse_headers, parse_message
 from maildesk.rules import RuleContext, read_body
 from maildesk.rules import evaluate as evaluate_rules
@@ -221,7 +222,8 @@ class Pipeline:
                     with savepoint(s):
                         outcomes[i] = self._apply(s, env, mail, self.reactors, raws[i])[0]
                 except Exception as exc:
-                    log.exception("inbox %s (%s): processing failed", i, mail.message_id)
+                    log.exception("inbox %s (%s): processing failed", i, mail.message_id,
+                                  extra=about(inbox=i, message_id=mail.message_id))
                     failures[i] = f"{type(exc).__name__}: {exc}"
         return outcomes
 
@@ -240,7 +242,9 @@ class Pipeline:
                         self._follow_up_one(s, item, mail)
                 except Exception:  # the mail is lost to a bug, never the message
                     log.exception("inbox %s (%s): outgoing mail failed; the entry is kept",
-                                  item.inbox_id, mail.message_id)
+                                  item.inbox_id, mail.message_id, extra=about(
+                                      inbox=item.inbox_id, message_id=mail.message_id,
+                                      ticket=item.ticket_id))
                     with savepoint(s):
                         self._fill_in(s, item, mail)
                 done += 1
@@ -360,7 +364,8 @@ class Pipeline:
         inbox.mark(s, row.id, InboxState.PROCESSED, reason=why,
                    ticket_id=stored.ticket_id, entry_id=stored.entry_id, now=now)
         log.info("inbox %s <%s>: ticket #%s (%s)", row.id, mail.message_id or "",
-                 stored.ticket_id, decision.rule.value)
+                 stored.ticket_id, decision.rule.value, extra=about(
+                     inbox=row.id, message_id=mail.message_id, ticket=stored.ticket_id))
         outcome = Outcome(row.id, InboxState.PROCESSED, stored.ticket_id, stored.entry_id,
                           why, fired)
         if mail.headers_only:

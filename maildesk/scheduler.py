@@ -24,6 +24,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from maildesk import metrics
 from maildesk.autoclose import auto_close
 from maildesk.config import Settings
 from maildesk.digest import digest
@@ -116,6 +117,7 @@ class Scheduler:
         except Exception:
             log.exception("scheduler: leadership check failed")
             led = False
+        metrics.scheduler_leader.set(1 if led else 0)
         if not led:
             return TickResult(led=False)
         result = self.jobs.run(now)
@@ -151,6 +153,7 @@ class Scheduler:
             self._timer.shutdown(wait=True)
             self._timer = None
         self.leader.close()
+        metrics.scheduler_leader.set(0)
 
 
 def _trigger(interval: timedelta) -> IntervalTrigger:

@@ -14,19 +14,20 @@ templates in between batches, without closing a connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
 import signal
 import socket
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from maildesk import metrics
+from maildesk import health, logs, metrics
 from maildesk.app import build_pipeline, open_database
 from maildesk.config import ConfigError, Settings, load_settings
+from maildesk.intake.doorbell import Doorbell
 from maildesk.intake.smtp import SmtpIntake
 from maildesk.outbound.render import Templates
 from maildesk.outbound.sender import Sender
@@ -34,6 +35,9 @@ from maildesk.outbound.transports import make_transport
 from maildesk.scheduler import Scheduler
 from maildesk.store import Database, StoreUnavailable, deferred, outbox, tickets
 from maildesk.worker import FOLLOW_UP_QUIET, Worker
+
+if TYPE_CHECKING:
+    from maildesk.intake.imap_health import Failure
 
 log = logging.getLogger("maildesk.service")
 SHIPPED_TEMPLATES = ("ack", "solved", "command_error", "agent_reply", "new_ticket_agent",
@@ -44,6 +48,7 @@ class Intake(Protocol):
     def start(self) -> None: ...
     def stop(self, timeout: float = 10) -> None: ...
     def reload(self, settings: Settings) -> None: ...
+    def failures(self) -> dict[str, Failure]: ...
 
 
 def check_templates(settings: Settings) -> list[str]:
@@ -60,22 +65,13 @@ def check_templates(settings: Settings) -> list[str]:
 
 def run(settings: Settings, config_path: Path | None = None) -> int:
     """The daemon's main: returns the exit status (0 after SIGTERM)."""
-    _configure_logging()
+    logs.configure(settings.log)
     problems = check_templates(settings)
     if problems:
         for line in problems:
             log.error("%s", line)
         return 1
     return asyncio.run(Service(settings, config_path).serve())
-
-
-def _configure_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=os.environ.get("MAILDESK_LOG_LEVEL", "INFO").upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: per-command noise
 
 
 class Service:
@@ -96,20 +92,22 @@ class Service:
         self.imap: Intake | None = None
         self.metrics: MetricsServer | None = None
         self.scheduler = Scheduler(settings, self.db, after=self.sender.wake)
+        self.doorbell = Doorbell(settings.database.url, self.worker.wake)  # `maildesk ingest`
         self._stopping = asyncio.Event()
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
         self.worker.start()
         self.sender.start()
+        self.doorbell.start()
+        if self.settings.metrics.listen:  # first: /healthz answers once mail is taken in
+            self.metrics = MetricsServer(self.db, self._health_problems)
+            await self.metrics.start(self.settings.metrics.host or "127.0.0.1",
+                                     self.settings.metrics.port or 0)
         if self.smtp is not None:
             await self.smtp.start()
         self._start_imap(self.settings)
         self.scheduler.start()
-        if self.settings.metrics.listen:
-            self.metrics = MetricsServer(self.db, self._healthy)
-            await self.metrics.start(self.settings.metrics.host or "127.0.0.1",
-                                     self.settings.metrics.port or 0)
         loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
         loop.add_signal_handler(signal.SIGINT, self._stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
@@ -138,6 +136,7 @@ class Service:
 
     async def _shutdown(self) -> None:
         loop = asyncio.get_running_loop()
+        self.doorbell.stop()
         if self.smtp is not None:
             await self.smtp.stop()
         if self.metrics is not None:
@@ -189,7 +188,21 @@ class Service:
         return self.smtp is not None and self.smtp.busy(quiet)
 
     def _healthy(self) -> bool:
+        """The watchdog's question: are the threads alive? (Not the database: a restart
+        does not bring it back.)"""
         return self.worker.alive and self.sender.alive and not self._stopping.is_set()
+
+    def _health_problems(self) -> list[str]:
+        """What /healthz reports (see maildesk.health); [] when healthy."""
+        problems = [f"{name} thread not running" for name, loop in
+                    (("worker", self.worker), ("sender", self.sender)) if not loop.alive]
+        if self._stopping.is_set():
+            problems.append("stopping")
+        problems += [p for p in [health.database_problem(self.db)] if p]
+        if self.imap is not None:
+            problems += health.mailbox_problems(self.imap.failures(), datetime.now(UTC),
+                                                self.settings.desk.alert_after)
+        return problems
 
     async def _watchdog(self) -> None:
         """systemd WatchdogSec: ping at half the interval while the workers are alive."""
@@ -218,11 +231,12 @@ def sd_notify(state: str) -> None:
 
 
 class MetricsServer:
-    """GET /metrics (Prometheus text format) and GET /healthz on `metrics.listen`."""
+    """GET /metrics (Prometheus text format) and GET /healthz on `metrics.listen`:
+    200 "ok", or 503 "unhealthy" and one line per problem that `problems()` lists."""
 
-    def __init__(self, db: Database, healthy: Callable[[], bool]) -> None:
+    def __init__(self, db: Database, problems: Callable[[], list[str]]) -> None:
         self.db = db
-        self.healthy = healthy
+        self.problems = problems
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -250,21 +264,20 @@ class MetricsServer:
 
     def _respond(self, path: str) -> tuple[str, str, bytes]:
         if path == "/metrics":
-            with contextlib.suppress(StoreUnavailable):
+            try:
                 metrics.outbox_backlog.set(outbox.backlog(self.db))
+                metrics.outbox_failed_messages.set(outbox.failed_count(self.db))
                 metrics.follow_ups.set(deferred.count(self.db))
                 for status, n in tickets.count_by_status(self.db).items():
                     metrics.tickets.labels(status).set(n)
+                metrics.database_up.set(1)
+            except StoreUnavailable:
+                metrics.database_up.set(0)
             return ("200 OK", *metrics.exposition())
         if path == "/healthz":
-            ok = self.healthy() and _database_up(self.db)
-            return ("200 OK" if ok else "503 Service Unavailable", "text/plain",
-                    b"ok\n" if ok else b"unhealthy\n")
+            problems = self.problems()
+            if not problems:
+                return "200 OK", "text/plain", b"ok\n"
+            body = "unhealthy\n" + "".join(f"{p}\n" for p in problems)
+            return "503 Service Unavailable", "text/plain; charset=utf-8", body.encode()
         return "404 Not Found", "text/plain", b"not found\n"
-
-
-def _database_up(db: Database) -> bool:
-    try:
-        return db.has_schema()
-    except StoreUnavailable:
-        return False

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from maildesk import metrics
 from maildesk.background import BackgroundLoop
 from maildesk.domain import InboxState
+from maildesk.logs import about
 from maildesk.pipeline import Outcome, Pipeline
 from maildesk.store import Database, StoreUnavailable, deferred, inbox
 from maildesk.store.inbox import utcnow
@@ -128,7 +129,8 @@ class Worker(BackgroundLoop):
             metrics.processed.labels(outcome.state.value).inc()
             if outcome.state is InboxState.FAILED:
                 metrics.failed.inc()
-                log.warning("inbox %s: failed: %s", outcome.inbox_id, outcome.reason)
+                log.warning("inbox %s: failed: %s", outcome.inbox_id, outcome.reason,
+                            extra=about(inbox=outcome.inbox_id))
             if t0 is not None:
                 metrics.latency.observe(done - t0)
         self.after_batch()

@@ -53,8 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"maildesk: {exc}", file=sys.stderr)
         return EX_TEMPFAIL if args.command == "ingest" else EX_FAIL
     except Exception as exc:
-        # imported here, not above: `ingest --queue` must not pay for SQLAlchemy
-        from maildesk.store.db import StoreUnavailable
+        # imported here, not above: `ingest --queue` runs once per message
+        from maildesk.store.direct import StoreUnavailable
 
         if not isinstance(exc, StoreUnavailable):
             raise

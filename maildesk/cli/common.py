@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from maildesk.config import Settings
     from maildesk.store import Database
+    from maildesk.store.direct import Reader
 
 EX_OK, EX_FAIL, EX_USAGE, EX_TEMPFAIL = 0, 1, 2, 75
 
@@ -49,12 +50,21 @@ def settings(args: argparse.Namespace) -> Settings:
 
 def positive_int(value: str) -> int:
     """An argparse type for ids and counts: a whole number above 0."""
+    return _whole_number(value, 1)
+
+
+def non_negative_int(value: str) -> int:
+    """An argparse type for a count where 0 means "no limit": a whole number, 0 or more."""
+    return _whole_number(value, 0)
+
+
+def _whole_number(value: str, minimum: int) -> int:
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more: {value!r}")
+    if number < minimum:
+        raise argparse.ArgumentTypeError(f"must be {minimum} or more: {value!r}")
     return number
 
 
@@ -80,6 +90,18 @@ def database(settings: Settings, *, migrate: bool = True) -> Database:
     from maildesk.app import open_database
 
     return open_database(settings, migrate=migrate)
+
+
+def reader(settings: Settings) -> Reader:
+    """The database for a read command: a driver connection, without SQLAlchemy (whose
+    import alone takes longer than such a command may; see store.direct). A database that
+    is not at the current schema (new, or older) is migrated first, as by every command."""
+    from maildesk.store.direct import SCHEMA_HEAD, Reader, schema_version
+
+    found = Reader(settings.database.url)
+    if not found.exists() or schema_version(found) != SCHEMA_HEAD:
+        database(settings).dispose()
+    return found
 
 
 def read_message(path: str | None) -> bytes:

@@ -12,6 +12,7 @@ from maildesk.cli.common import (
     database,
     positive_int,
     print_json,
+    reader,
     settings,
 )
 from maildesk.cli.parser import Adder, group
@@ -32,8 +33,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     from maildesk.domain import InboxState
     from maildesk.store import inbox
 
-    db = database(settings(args))
-    items = inbox.list_items(db, state=InboxState.FAILED if args.failed else None)
+    items = inbox.list_items(reader(settings(args)),
+                             state=InboxState.FAILED if args.failed else None)
     if args.json:
         print_json([inbox_json(i) for i in items])
         return EX_OK

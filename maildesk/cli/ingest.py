@@ -1,15 +1,26 @@
 """`maildesk ingest [--queue] [FILE|-]`: one message from an MTA pipe, a file or stdin.
 
-`--queue` on SQLite takes a path of the standard library only (`intake.queue`): an MTA
-starts one process per message. Without `--queue` the message is committed and processed
-in this process.
+An MTA starts one process per message, so the message is committed by the quickest path
+that applies: on SQLite with the standard library only (`intake.queue`: no pydantic,
+SQLAlchemy or mail-parser). Then:
+
+- `--queue`: that is all; a running daemon processes it.
+- a daemon of this database runs on this host (it answers the doorbell,
+  `intake.doorbell`): it processes the message at once, and this process waits for the
+  result in the database (`--wait` seconds, default 10) and reports it; still queued by
+  then, it reports "queued" (exit 0: the message is stored, the daemon will get to it).
+- no daemon: this process processes the message itself (the pipeline, with its imports).
+
+PostgreSQL, or a database without its schema yet, takes the full path: commit through
+the store, and without `--queue` process here. Exit 0 stored, 75 on a transient failure,
+never non-zero because of the content.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from maildesk.cli.common import (
     EX_OK,
@@ -23,10 +34,16 @@ from maildesk.cli.common import (
 )
 from maildesk.cli.parser import Adder
 
+if TYPE_CHECKING:
+    from maildesk.config import Settings
+    from maildesk.store import Database
 
-def _queue_only(args: argparse.Namespace, raw: bytes) -> int | None:
-    """`ingest --queue` on SQLite, with the standard library only (see intake.queue);
-    None when that path does not apply and the full one must run."""
+WAIT = 10.0  # seconds to wait for a running daemon's result (--wait)
+
+
+def _commit_fast(args: argparse.Namespace, raw: bytes) -> tuple[int, str] | None:
+    """Commit on SQLite with the standard library only (see intake.queue): the inbox id
+    and the database file; None when that path does not apply and the full one must run."""
     import sqlite3
 
     from maildesk.intake import queue
@@ -42,52 +59,81 @@ def _queue_only(args: argparse.Namespace, raw: bytes) -> int | None:
         return None  # the full path reports the config problem (exit 75)
     except sqlite3.Error as exc:
         raise CliError(f"database unavailable, try again later: {exc}", EX_TEMPFAIL) from exc
-    if not inbox_id:
+    return (inbox_id, db) if inbox_id and db else None
+
+
+def _daemon_result(inbox_id: int, db: str, wait: float) -> dict[str, Any] | None:
+    """Ring the doorbell of a daemon of this database and wait for its result; None when
+    no daemon answers."""
+    from maildesk.intake import doorbell, queue
+
+    if not doorbell.ring(f"sqlite:///{db}", inbox_id):
         return None
+    done = queue.wait_for_result(db, inbox_id, wait) if wait > 0 else None
+    if done is None:
+        return _result(inbox_id, "queued", None, "stored; the running daemon processes it")
+    state, ticket, reason = done
+    return _result(inbox_id, state, ticket, reason)
+
+
+def _result(inbox_id: int, state: str, ticket: int | None, reason: str | None) -> dict[str, Any]:
+    return {"inbox": inbox_id, "ticket": ticket, "state": state, "reason": reason}
+
+
+def _answer(args: argparse.Namespace, result: dict[str, Any]) -> int:
     if args.json:
-        print_json({"inbox": inbox_id, "ticket": None, "state": "queued", "reason": None})
+        print_json(result)
     else:
-        print(f"inbox {inbox_id}: queued")
-    Exit.skip_teardown = True
+        ticket = f" ticket #{result['ticket']}" if result["ticket"] else ""
+        print(f"inbox {result['inbox']}: {result['state']}{ticket}")
     return EX_OK
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     raw = read_message(args.file)
+    fast = _commit_fast(args, raw)
+    if fast is not None:
+        inbox_id, db = fast
+        found = (_result(inbox_id, "queued", None, None) if args.queue
+                 else _daemon_result(inbox_id, db, args.wait))
+        if found is not None:
+            Exit.skip_teardown = True  # committed and answered: leave at once (see cli.run)
+            return _answer(args, found)
+        loaded = settings(args)
+        return _answer(args, _process(loaded, database(loaded), inbox_id))
+    loaded = settings(args)
+    store = database(loaded)
+    inbox_id = _commit(args, store, raw)
     if args.queue:
-        queued = _queue_only(args, raw)
-        if queued is not None:
-            return queued
+        return _answer(args, _result(inbox_id, "queued", None, None))
+    return _answer(args, _process(loaded, store, inbox_id))
+
+
+def _commit(args: argparse.Namespace, db: Database, raw: bytes) -> int:
+    """Commit through the store (PostgreSQL; a database that needs its schema first)."""
     from maildesk.domain import Source
     from maildesk.identity import identity
     from maildesk.store import inbox
 
-    loaded = settings(args)
-    db = database(loaded)
     message_id, digest = identity(raw)
     row = inbox.new_row(
         raw, source=Source.CLI, message_id=message_id, content_hash=digest,
         envelope_from=args.sender, envelope_to=tuple(a.lower() for a in args.recipient or ()),
         origin=None if args.file in (None, "-") else str(args.file)[:500],
     )
-    inbox_id = inbox.add(db, row)
-    result: dict[str, Any] = {"inbox": inbox_id, "ticket": None, "state": "queued", "reason": None}
-    if not args.queue:
-        from maildesk.app import build_pipeline
-        from maildesk.store import StoreUnavailable
+    return inbox.add(db, row)
 
-        try:
-            outcome = build_pipeline(loaded, db).process(inbox_id)
-            result.update(ticket=outcome.ticket_id, state=outcome.state.value,
-                          reason=outcome.reason)
-        except StoreUnavailable as exc:  # stored; the daemon or `inbox retry` processes it later
-            result["reason"] = f"stored, processing deferred: {exc}"
-    if args.json:
-        print_json(result)
-    else:
-        ticket = f" ticket #{result['ticket']}" if result["ticket"] else ""
-        print(f"inbox {inbox_id}: {result['state']}{ticket}")
-    return EX_OK
+
+def _process(loaded: Settings, db: Database, inbox_id: int) -> dict[str, Any]:
+    """Process a committed message in this process: no daemon is there to do it."""
+    from maildesk.app import build_pipeline
+    from maildesk.store import StoreUnavailable
+
+    try:
+        outcome = build_pipeline(loaded, db).process(inbox_id)
+    except StoreUnavailable as exc:  # stored; the daemon or `inbox retry` processes it later
+        return _result(inbox_id, "queued", None, f"stored, processing deferred: {exc}")
+    return _result(inbox_id, outcome.state.value, outcome.ticket_id, outcome.reason)
 
 
 def register(sub: Any, add: Adder) -> None:
@@ -96,3 +142,6 @@ def register(sub: Any, add: Adder) -> None:
     ing.add_argument("--queue", action="store_true", help="only store; the daemon processes it")
     ing.add_argument("--sender", help="envelope sender, as the MTA passes it")
     ing.add_argument("--recipient", action="append", help="envelope recipient (repeatable)")
+    ing.add_argument("--wait", type=float, default=WAIT, metavar="SECONDS",
+                     help="with a daemon running: how long to wait for its result before "
+                          f"answering 'queued' (default {WAIT:g})")

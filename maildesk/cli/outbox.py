@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from maildesk.cli.common import EX_OK, CliError, database, positive_int, print_json, settings
+from maildesk.cli.common import (
+    EX_OK,
+    CliError,
+    database,
+    positive_int,
+    print_json,
+    reader,
+    settings,
+)
 from maildesk.cli.parser import Adder, group
 
 if TYPE_CHECKING:
@@ -24,7 +32,7 @@ def outbox_json(i: OutboxItem) -> dict[str, Any]:
 def cmd_list(args: argparse.Namespace) -> int:
     from maildesk.store import outbox
 
-    items = outbox.list_items(database(settings(args)), state=args.state)
+    items = outbox.list_items(reader(settings(args)), state=args.state)
     if args.json:
         print_json([outbox_json(i) for i in items])
         return EX_OK

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from maildesk.cli.common import EX_OK, database, iso_time, print_json, settings
+from maildesk.cli.common import EX_OK, iso_time, print_json, reader, settings
 from maildesk.cli.parser import Adder
 
 
@@ -21,8 +21,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     # Business time of tickets no policy covers: the hours rules use (pipeline.DEFAULT_HOURS).
     default = (calendar(cfg.sla[0]) if cfg.sla else default_calendar(
         parse_business_hours("Mon-Fri 09:00-18:00"), cfg.desk.tzinfo))
-    with database(cfg).read() as s:
-        facts = [facts_of(t, cfg.sla, default) for t in tickets.report_rows(s, args.since)]
+    with reader(cfg).read_raw() as r:
+        facts = [facts_of(t, cfg.sla, default) for t in tickets.report_rows(r, args.since)]
     result = report(facts, datetime.now(UTC))
     if args.json:
         print_json(result)

@@ -10,7 +10,7 @@ import argparse
 from datetime import datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
-from maildesk.cli.common import EX_OK, CliError, database, print_json, settings
+from maildesk.cli.common import EX_OK, CliError, database, print_json, reader, settings
 from maildesk.cli.parser import Adder, group
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def due_fields(t: TicketView, now: datetime | None = None) -> dict[str, Any]:
 
 def explain(cfg: Settings, s: Any, ticket: Ticket, now: datetime) -> dict[str, Any]:
     """Everything `sla show` prints, as JSON-ready data."""
-    from maildesk import autoclose, deadlines, sla
+    from maildesk import deadlines, sla
     from maildesk.store import sla as store
 
     policy = sla.policy_for(cfg.sla, ticket.queue, ticket.priority)
@@ -63,7 +63,7 @@ def explain(cfg: Settings, s: Any, ticket: Ticket, now: datetime) -> dict[str, A
             (end or now) - start), "business_seconds": _secs(cal.elapsed(start, end or now))
             if cal else None})
     if ticket.status == "pending" and ticket.paused_since is not None:
-        wait = autoclose.after(cfg, ticket)
+        wait = deadlines.auto_close_after(cfg, ticket)
         out["auto_close_at"] = ticket.paused_since + wait if wait > timedelta(0) else None
     if policy is None or cal is None:
         return out
@@ -100,11 +100,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     cfg = settings(args)
     now = datetime.now(UTC)
-    with database(cfg).read() as s:
-        ticket = tickets.get_row(s, args.id)
+    with reader(cfg).read_raw() as r:
+        ticket = tickets.get_row(r, args.id)
         if ticket is None:
             raise CliError(f"no ticket #{args.id}")
-        data = explain(cfg, s, ticket, now)
+        data = explain(cfg, r, ticket, now)
     if args.json:
         print_json(data)
         return EX_OK

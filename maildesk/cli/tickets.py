@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 from maildesk.cli.common import (
     EX_OK,
     CliError,
-    database,
+    non_negative_int,
     positive_int,
     print_json,
+    reader,
     settings,
     usage_error,
 )
@@ -24,7 +25,8 @@ from maildesk.cli.parser import Adder, group
 
 if TYPE_CHECKING:
     from maildesk.domain import EntryView, TicketView
-    from maildesk.store import Database
+    from maildesk.store import tickets
+    from maildesk.store.direct import Readable
 
 
 def ticket_json(t: TicketView) -> dict[str, Any]:
@@ -55,28 +57,43 @@ def cmd_list(args: argparse.Namespace) -> int:
     known = {loaded.default_queue, *(q.name for q in loaded.queues)}
     if args.queue is not None and args.queue not in known:
         raise usage_error(f"unknown queue {args.queue!r} (known: {', '.join(sorted(known))})")
-    db = database(loaded)
-    with db.read() as s:
-        views = tickets.list_views(s, status=args.status, queue=args.queue)
+    found = tickets.page(reader(loaded), status=args.status, queue=args.queue,
+                         limit=args.limit, before=args.before)
     if args.json:
-        print_json([ticket_json(t) for t in views])
+        print_json([ticket_json(t) for t in found.tickets])
         return EX_OK
-    for t in views:
+    for t in found.tickets:
         print(f"#{t.id:<6} {t.status.value:<8} {t.priority.value:<7} {t.queue:<12} "
               f"{t.requester:<32} {t.subject[:60]}")
+    print(_total_line(args, found))
     return EX_OK
+
+
+def _total_line(args: argparse.Namespace, found: tickets.Page) -> str:
+    """The last line of the text list: the total of the filter, and the next page."""
+    what = " ".join(f"{k} {v}" for k, v in (("status", args.status), ("queue", args.queue))
+                    if v)
+    total, shown = found.total, len(found.tickets)
+    line = f"{total} ticket{'' if total == 1 else 's'}" + (f" ({what})" if what else "")
+    if args.before is not None:
+        line += f", {shown} shown older than #{args.before}"
+    elif shown < total:
+        line += f", {shown} shown"
+    if found.more:
+        line += f"; next page: --before {found.tickets[-1].id}"
+    return line
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     from maildesk.store import tickets
 
-    db = database(settings(args))
-    with db.read() as s:
-        row = tickets.get_row(s, args.id)
+    db = reader(settings(args))
+    with db.read_raw() as r:
+        row = tickets.get_row(r, args.id)
         if row is None:
             raise CliError(f"no ticket #{args.id}")
-        view = tickets.view(s, row)
-        entries = tickets.entries(s, view.id)
+        view = tickets.view(r, row)
+        entries = tickets.entries(r, view.id)
     whole = _whole_texts(db, entries) if args.full else {}
     if args.json:
         print_json({**ticket_json(view), "entries": [
@@ -112,7 +129,7 @@ def _shown_text(e: EntryView, whole: dict[int, str]) -> str:
     return "(being read: body and attachments follow)" if e.pending else e.body.strip()
 
 
-def _whole_texts(db: Database, entries: list[EntryView]) -> dict[int, str]:
+def _whole_texts(db: Readable, entries: list[EntryView]) -> dict[int, str]:
     """entry id -> the whole text of its raw message (entries from mail only)."""
     from maildesk.parse import parse_message
     from maildesk.store import inbox
@@ -124,9 +141,13 @@ def _whole_texts(db: Database, entries: list[EntryView]) -> dict[int, str]:
 
 def register(sub: Any, add: Adder) -> None:
     tk = group(sub, "tickets", "tickets")
-    tl = add(tk, "list", cmd_list, "list tickets")
+    tl = add(tk, "list", cmd_list, "list tickets, newest first")
     tl.add_argument("--status", choices=["new", "open", "pending", "solved", "closed"])
     tl.add_argument("--queue", help="a queue of the config")
+    tl.add_argument("--limit", type=non_negative_int, default=50,
+                    help="tickets per page (0: all; default 50)")
+    tl.add_argument("--before", type=positive_int, metavar="ID",
+                    help="the page of tickets older than ID")
     show = add(tk, "show", cmd_show, "show one ticket")
     show.add_argument("id", type=positive_int)
     show.add_argument("--full", action="store_true",

@@ -22,6 +22,7 @@ from maildesk.config.tables import (
     Agent,
     Database,
     Desk,
+    Log,
     Loop,
     Mailbox,
     Metrics,
@@ -35,7 +36,7 @@ from maildesk.config.tables import (
 from maildesk.config.values import ConfigError, Loc, _config_dir, _fail, _Model
 
 _TABLES = ("database", "smtp", "outbound", "threading", "loop", "security", "metrics",
-           "scheduler")
+           "scheduler", "log")
 
 
 def _duplicates(values: list[str], field: str, what: str) -> list[tuple[Loc, str]]:
@@ -63,6 +64,7 @@ class Settings(_Model):
     security: Security = Field(default_factory=Security)
     metrics: Metrics = Field(default_factory=Metrics)
     scheduler: Scheduler = Field(default_factory=Scheduler)
+    log: Log = Field(default_factory=Log)
     config_dir: Path = Field(default_factory=Path.cwd)  # not a TOML key
     _agent_addresses: frozenset[str] = PrivateAttr(default=frozenset())
     _desk_addresses: frozenset[str] = PrivateAttr(default=frozenset())

@@ -1,6 +1,6 @@
 """The single tables of the configuration: [desk], [database], [smtp], [outbound],
-[[mailboxes]], [[agents]], [[queues]], [threading], [loop], [security], [metrics] and
-[scheduler]."""
+[[mailboxes]], [[agents]], [[queues]], [threading], [loop], [security], [metrics],
+[scheduler] and [log]."""
 
 from __future__ import annotations
 
@@ -418,3 +418,18 @@ def _clock_time(v: str) -> time:
     if not m:
         raise ValueError(f'expected a local time "HH:MM" (or "HH:MM:SS"), or "" for off; got {v!r}')
     return time(int(m[1]), int(m[2]), int(m[3] or 0))
+
+
+def _log_level(v: object) -> object:
+    env = os.environ.get("MAILDESK_LOG_LEVEL", "").strip()
+    value = env or v
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+class Log(_Model):
+    """[log]: the daemon's log, one event per line on stderr (journald under systemd)."""
+
+    format: Literal["text", "json"] = "text"
+    # MAILDESK_LOG_LEVEL, when set, wins (as for a one-off debugging run)
+    level: Annotated[Literal["debug", "info", "warning", "error"],
+                     BeforeValidator(_log_level)] = Field(default="info", validate_default=True)

@@ -40,8 +40,9 @@ from maildesk.config import Mailbox, Settings
 from maildesk.domain import Source
 from maildesk.identity import identity
 from maildesk.intake.imap_batches import FetchGuard, plan_batches
-from maildesk.intake.imap_health import Backoff, MailboxHealth, send_alert
+from maildesk.intake.imap_health import Backoff, Failure, MailboxHealth, send_alert
 from maildesk.intake.imap_session import ImapError, ImapSession, Selected
+from maildesk.logs import about
 from maildesk.store import Database, StoreUnavailable, inbox, mailboxes
 from maildesk.store.inbox import utcnow
 from maildesk.store.mailboxes import Checkpoint, CheckpointMoved, MailboxLock
@@ -107,6 +108,11 @@ class ImapIntake:
         for poller in self.pollers.values():
             poller.join(max(0.0, deadline - time.monotonic()))
         self.pollers.clear()
+
+    def failures(self) -> dict[str, Failure]:
+        """Mailbox name → its failure episode, for the mailboxes failing now (/healthz)."""
+        found = {name: p.health.failure for name, p in self.pollers.items()}
+        return {name: f for name, f in found.items() if f is not None}
 
     def states(self) -> dict[str, bool]:
         """Mailbox name → connected now (for health checks)."""
@@ -336,7 +342,8 @@ class MailboxPoller:
             self.wake()
         for uid, row, inbox_id in stored:
             log.info("mailbox %s: UID %d <%s> stored as inbox %d", m.name, uid,
-                     row.message_id or "", inbox_id)
+                     row.message_id or "", inbox_id,
+                     extra=about(inbox=inbox_id, message_id=row.message_id, mailbox=m.name))
         if len(stored) < len(done):
             log.info("mailbox %s: %d message(s) already stored, not stored again",
                      m.name, len(done) - len(stored))

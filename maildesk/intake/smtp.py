@@ -25,6 +25,7 @@ from maildesk.addresses import is_desk_recipient
 from maildesk.config import Settings
 from maildesk.domain import Source
 from maildesk.identity import identity
+from maildesk.logs import about
 from maildesk.store import Database, StoreUnavailable, inbox
 from maildesk.store.inbox import Incoming
 
@@ -133,14 +134,16 @@ class IntakeHandler:
             except Exception as exc:  # StoreUnavailable or any database error: never lose it
                 metrics.smtp_rejected.labels("451").inc()
                 log.warning("smtp <%s> from %s: not stored, answered 451: %s",
-                            row.message_id or "", session.peer, exc)
+                            row.message_id or "", session.peer, exc,
+                            extra=about(message_id=row.message_id))
                 return "451 4.3.0 Cannot store the message now, try again later"
         finally:
             self.in_flight -= 1
             self.last_answer = time.monotonic()
         metrics.received.labels(Source.SMTP.value).inc()
         log.info("inbox %s <%s>: received by SMTP from %s (%d bytes)", inbox_id,
-                 row.message_id or "", session.peer, len(raw))
+                 row.message_id or "", session.peer, len(raw),
+                 extra=about(inbox=inbox_id, message_id=row.message_id))
         self.on_commit([inbox_id])
         return f"250 2.0.0 OK: queued as {inbox_id}"
 

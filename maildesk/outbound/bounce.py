@@ -11,15 +11,18 @@ anyone else.
 from __future__ import annotations
 
 from collections.abc import Iterable
-
-from sqlmodel import Session
+from typing import TYPE_CHECKING
 
 from maildesk import addresses
 from maildesk.config import Settings
 from maildesk.pipeline import Change
 from maildesk.store import inbox, outbox
 from maildesk.store.outbox import split_recipients
-from maildesk.store.tables import OutboxRow
+
+if TYPE_CHECKING:  # the ORM tables are imported only when a bounce is handled
+    from sqlmodel import Session
+
+    from maildesk.store.tables import OutboxRow
 
 
 def is_bounce(change: Change) -> bool:

@@ -18,6 +18,7 @@ from sqlmodel import Session
 from maildesk import addresses
 from maildesk.config import Settings
 from maildesk.domain import EntryKind, ParsedMail
+from maildesk.logs import about
 from maildesk.outbound import bounce, relay
 from maildesk.outbound.compose import (
     Composer,
@@ -56,7 +57,9 @@ class OutboundReactor:
         else:
             lines = self._answer(session, ticket, change) + self._notify(session, ticket, change)
         for line in lines:
-            log.info("inbox %s <%s>: %s", change.inbox_id, change.mail.message_id or "", line)
+            log.info("inbox %s <%s>: %s", change.inbox_id, change.mail.message_id or "", line,
+                     extra=about(inbox=change.inbox_id, message_id=change.mail.message_id,
+                                 ticket=change.ticket_id))
         return lines
 
     def _answer(self, s: Session, ticket: Ticket, change: Change) -> list[str]:

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from maildesk import metrics
 from maildesk.background import BackgroundLoop
+from maildesk.logs import about
 from maildesk.outbound.transports import DeliveryError, Transport
 from maildesk.store import Database, StoreUnavailable, outbox
 from maildesk.store.inbox import utcnow
@@ -26,6 +27,11 @@ from maildesk.store.outbox import Claimed
 log = logging.getLogger(__name__)
 FIRST_DELAY = timedelta(minutes=1)
 MAX_DELAY = timedelta(hours=1)
+
+
+def _about(item: outbox.OutboxItem) -> dict[str, object]:
+    """The ids a log line about an outgoing message carries (JSON log format)."""
+    return about(outbox=item.id, message_id=item.message_id, ticket=item.ticket_id)
 
 
 def backoff(attempts: int) -> timedelta:
@@ -124,17 +130,18 @@ class Sender(BackgroundLoop):
                 why = str(exc) if exc.permanent else f"gave up after {tries} tries: {exc}"
                 metrics.outbox_failed.inc()
                 result.failed += 1
-                log.warning("outbox %s <%s>: failed: %s", item.id, item.message_id, why)
+                log.warning("outbox %s <%s>: failed: %s", item.id, item.message_id, why,
+                            extra=_about(item))
                 return outbox.Result(item.id, outbox.FAILED, why)
             later = now + backoff(tries)
             result.retried += 1
             log.info("outbox %s <%s>: retry at %s: %s", item.id, item.message_id,
-                     later.isoformat(timespec="seconds"), exc)
+                     later.isoformat(timespec="seconds"), exc, extra=_about(item))
             return outbox.Result(item.id, outbox.PENDING, str(exc), later)
         metrics.outbox_sent.inc()
         result.sent += 1
         log.info("outbox %s <%s>: sent to %s%s", item.id, item.message_id,
-                 ", ".join(item.recipients), f" ({note})" if note else "")
+                 ", ".join(item.recipients), f" ({note})" if note else "", extra=_about(item))
         return outbox.Result(item.id, outbox.SENT, note, now)
 
     # --- the thread --------------------------------------------------------------------

@@ -16,25 +16,21 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, inspect, text
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, create_engine
 
+from maildesk.store import direct
+from maildesk.store.direct import SCHEMA_HEAD, StoreUnavailable
 from maildesk.store.raw import Raw
+
+__all__ = ["SCHEMA_HEAD", "Database", "StoreUnavailable", "WouldWait"]
 
 log = logging.getLogger(__name__)
 
 THREADING_LOCK_KEY = 0x6D61696C  # "mail": one advisory lock serialises threading on PostgreSQL
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
-SCHEMA_HEAD = "0005_sla"  # the newest revision in migrations/versions (a test keeps them in step)
-
-
-class StoreUnavailable(Exception):
-    """The database cannot take a write now (down, locked, read-only, disk full).
-
-    Callers turn this into a temporary failure: SMTP 451, exit code 75.
-    """
 
 
 class WouldWait(Exception):
@@ -72,14 +68,15 @@ class Database:
         else:
             self.engine = create_engine(
                 url, pool_size=pool_size, pool_pre_ping=True, echo=echo,
-                connect_args={"connect_timeout": 5},
+                creator=lambda: direct.connect(url, timeout=5),
             )
             self.read_engine = self.lazy_engine = self.nowait_engine = self.engine
 
     @staticmethod
     def _sqlite_engine(url: str, *, immediate: bool, echo: bool, synchronous: str = "FULL",
                        busy_ms: int = 30_000) -> Engine:
-        engine = create_engine(url, echo=echo, connect_args={"timeout": busy_ms / 1000})
+        engine = create_engine(url, echo=echo,
+                               creator=lambda: direct.connect(url, timeout=busy_ms / 1000))
         event.listen(engine, "connect",
                      lambda c, r: _sqlite_pragmas(c, r, synchronous, busy_ms))
         begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
@@ -162,12 +159,6 @@ class Database:
         if not self.is_sqlite:
             session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": THREADING_LOCK_KEY})
 
-    def has_schema(self) -> bool:
-        try:
-            return inspect(self.read_engine).has_table("inbox")
-        except OperationalError as exc:
-            raise StoreUnavailable(_one_line(exc)) from exc
-
     def upgrade(self) -> None:
         """Apply Alembic migrations up to head."""
         from alembic import command
@@ -191,11 +182,7 @@ class Database:
 
     def schema_version(self) -> str | None:
         """The Alembic revision the database is at; None for an empty database."""
-        if not self.has_schema():
-            return None
-        with self.read_raw() as r:
-            row = r.one("SELECT version_num FROM alembic_version")
-        return str(row[0]) if row else None
+        return direct.schema_version(self)
 
     def dispose(self) -> None:
         for engine in {self.engine, self.lazy_engine, self.nowait_engine, self.read_engine}:
@@ -215,15 +202,7 @@ def _unavailable_on_error() -> Iterator[None]:
 
 def _is_transient(exc: DBAPIError) -> bool:
     """Connection loss, locks, read-only or full disks: worth a retry later."""
-    if exc.connection_invalidated:
-        return True
-    msg = str(exc.orig).lower()
-    return any(
-        word in msg
-        for word in ("locked", "readonly", "read-only", "disk", "connection", "terminat", "timeout")
-    )
+    return bool(exc.connection_invalidated) or direct.is_transient(exc.orig or exc)
 
 
-def _one_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    return " ".join(str(orig).split())[:300] or type(orig).__name__
+_one_line = direct.one_line

@@ -1,18 +1,23 @@
-"""The durable raw inbox: every message is committed here before anything else."""
+"""The durable raw inbox: every message is committed here before anything else.
+
+Hand-written SQL throughout (store.raw): intake and processing run it for every message,
+and `maildesk inbox list` runs on a store.direct.Reader, without SQLAlchemy."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-
-from sqlalchemy import or_, update
-from sqlmodel import Session, col, select
+from typing import TYPE_CHECKING, Any
 
 from maildesk.domain import InboxState, Source
-from maildesk.store.db import Database
 from maildesk.store.raw import Raw, placeholders, raw
-from maildesk.store.tables import InboxRow
+
+if TYPE_CHECKING:  # not at run time: `maildesk inbox list` runs without SQLAlchemy
+    from sqlmodel import Session
+
+    from maildesk.store.db import Database
+    from maildesk.store.direct import Readable
 
 LEASE = timedelta(minutes=5)  # a worker that dies mid-message gives it back after this
 
@@ -38,15 +43,20 @@ class InboxItem:
     ticket_id: int | None
 
 
-def _item(row: InboxRow) -> InboxItem:
-    assert row.id is not None
+_ITEM_COLUMNS = ("id, received_at, source, origin, envelope_from, envelope_to, message_id,"
+                 " content_hash, size, state, reason, attempts, ticket_id")
+
+
+def _item(r: Raw, row: Sequence[Any]) -> InboxItem:
+    (i, received_at, source, origin, envelope_from, envelope_to, message_id, content_hash,
+     size, state, reason, attempts, ticket_id) = row
+    received = r.read_time(received_at)
+    assert received is not None
     return InboxItem(
-        id=row.id, received_at=row.received_at, source=row.source, origin=row.origin,
-        envelope_from=row.envelope_from,
-        envelope_to=tuple(a for a in row.envelope_to.split(",") if a),
-        message_id=row.message_id, content_hash=row.content_hash, size=row.size,
-        state=InboxState(row.state), reason=row.reason, attempts=row.attempts,
-        ticket_id=row.ticket_id,
+        id=i, received_at=received, source=source, origin=origin,
+        envelope_from=envelope_from, envelope_to=tuple(a for a in envelope_to.split(",") if a),
+        message_id=message_id, content_hash=content_hash, size=size,
+        state=InboxState(state), reason=reason, attempts=attempts, ticket_id=ticket_id,
     )
 
 
@@ -123,7 +133,7 @@ class Envelope:
     content_hash: str
 
 
-def load_raw(db: Database, ids: Sequence[int]) -> dict[int, bytes]:
+def load_raw(db: Readable, ids: Sequence[int]) -> dict[int, bytes]:
     if not ids:
         return {}
     with db.read_raw() as r:
@@ -186,38 +196,29 @@ def claim(db: Database, *, limit: int, now: datetime | None = None) -> list[int]
                 "SELECT id FROM inbox WHERE state = ? AND (claimed_until IS NULL"
                 " OR claimed_until < ?) ORDER BY id LIMIT ?",
                 (InboxState.QUEUED.value, r.time(now), limit))]
-    q = (
-        select(InboxRow.id)
-        .where(
-            InboxRow.state == InboxState.QUEUED.value,
-            or_(col(InboxRow.claimed_until).is_(None), col(InboxRow.claimed_until) < now),
-        )
-        .order_by(col(InboxRow.id))
-        .limit(limit)
-    )
-    with db.write() as s:
-        ids = [i for i in s.exec(q.with_for_update(skip_locked=True)).all() if i is not None]
+    with db.write_raw() as r:
+        ids = [i for (i,) in r.rows(
+            "SELECT id FROM inbox WHERE state = ? AND (claimed_until IS NULL"
+            " OR claimed_until < ?) ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
+            (InboxState.QUEUED.value, r.time(now), limit))]
         if ids:
-            s.execute(
-                update(InboxRow).where(col(InboxRow.id).in_(ids)).values(claimed_until=now + LEASE)
-            )
+            r.run(f"UPDATE inbox SET claimed_until = ? WHERE id IN ({placeholders(len(ids))})",
+                  (r.time(now + LEASE), *ids))
         return ids
 
 
 def release_leases(db: Database) -> int:
     """Forget every processing lease: at the start of the only daemon of a SQLite
     database, a lease can only be a dead process's (kill -9 mid-batch)."""
-    with db.write() as s:
-        result = s.connection().execute(update(InboxRow).where(
-            col(InboxRow.state) == InboxState.QUEUED.value,
-            col(InboxRow.claimed_until).is_not(None)).values(claimed_until=None))
-        return int(result.rowcount or 0)
+    with db.write_raw() as r:
+        return r.run("UPDATE inbox SET claimed_until = NULL WHERE state = ?"
+                     " AND claimed_until IS NOT NULL", (InboxState.QUEUED.value,))
 
 
-def get(db: Database, inbox_id: int) -> InboxItem | None:
-    with db.read() as s:
-        row = s.get(InboxRow, inbox_id)
-        return _item(row) if row else None
+def get(db: Readable, inbox_id: int) -> InboxItem | None:
+    with db.read_raw() as r:
+        row = r.one(f"SELECT {_ITEM_COLUMNS} FROM inbox WHERE id = ?", (inbox_id,))
+        return _item(r, row) if row else None
 
 
 def mark(
@@ -236,32 +237,24 @@ def record_failure(db: Database, inbox_id: int, reason: str) -> None:
     Processing is deterministic, so retrying by itself would fail the same way;
     `maildesk inbox retry` puts it back once the cause is fixed. (A database
     outage is not a failure: the message stays queued and its lease runs out.)"""
-    with db.write() as s:
-        row = s.get(InboxRow, inbox_id)
-        if row is None:
-            return
-        row.attempts += 1
-        row.reason = " ".join(reason.split())[:500]
-        row.claimed_until = None
-        row.state = InboxState.FAILED.value
-        s.add(row)
+    with db.write_raw() as r:
+        r.run("UPDATE inbox SET attempts = attempts + 1, reason = ?, claimed_until = NULL,"
+              " state = ? WHERE id = ?",
+              (" ".join(reason.split())[:500], InboxState.FAILED.value, inbox_id))
 
 
 def requeue(db: Database, inbox_id: int) -> InboxState | None:
     """`maildesk inbox retry`: put a failed (or ignored) message back in the queue. Returns
     the state it was in (None: no such message); a processed or duplicate message stays
     as it is, so retrying one never stores it, nor sends its mail, twice."""
-    with db.write() as s:
-        row = s.get(InboxRow, inbox_id)
-        if row is None:
+    with db.write_raw() as r:
+        found = r.one("SELECT state FROM inbox WHERE id = ?", (inbox_id,))
+        if found is None:
             return None
-        state = InboxState(row.state)
-        if state not in RETRYABLE:
-            return state
-        row.state = InboxState.QUEUED.value
-        row.attempts = 0
-        row.claimed_until = None
-        s.add(row)
+        state = InboxState(found[0])
+        if state in RETRYABLE:
+            r.run("UPDATE inbox SET state = ?, attempts = 0, claimed_until = NULL"
+                  " WHERE id = ?", (InboxState.QUEUED.value, inbox_id))
         return state
 
 
@@ -269,10 +262,10 @@ RETRYABLE = frozenset({InboxState.FAILED, InboxState.IGNORED, InboxState.QUEUED}
 
 
 def list_items(
-    db: Database, *, state: InboxState | None = None, limit: int = 200
+    db: Readable, *, state: InboxState | None = None, limit: int = 200
 ) -> list[InboxItem]:
-    with db.read() as s:
-        q = select(InboxRow).order_by(col(InboxRow.id).desc()).limit(limit)
-        if state is not None:
-            q = q.where(InboxRow.state == state.value)
-        return [_item(r) for r in s.exec(q).all()]
+    where = "WHERE state = ? " if state is not None else ""
+    with db.read_raw() as r:
+        rows = r.rows(f"SELECT {_ITEM_COLUMNS} FROM inbox {where}ORDER BY id DESC LIMIT ?",
+                      (*([state.value] if state is not None else []), limit))
+        return [_item(r, row) for row in rows]

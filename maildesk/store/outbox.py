@@ -5,6 +5,10 @@ ticket change that caused it, so a decision and its mail commit together or not 
 The sender claims due rows with a lease (SKIP LOCKED on PostgreSQL), hands each to a
 transport and marks it sent right after the transport accepted it: a message is never
 claimed by two senders, and a restart finds it either `sent` or still `pending`.
+
+Hand-written SQL (store.raw), except for the bounce handler's rows (`by_id`,
+`by_message_id`: ORM objects, imported there), so that `maildesk outbox list` imports
+no SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -12,16 +16,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, update
-from sqlmodel import Session, col, select
-
-from maildesk.store.db import Database
 from maildesk.store.inbox import utcnow
 from maildesk.store.raw import Raw, placeholders
 from maildesk.store.raw import raw as _raw
-from maildesk.store.tables import OutboxRow, SuppressionRow
+
+if TYPE_CHECKING:  # `maildesk outbox list` runs without SQLAlchemy (store.direct.Reader)
+    from sqlmodel import Session
+
+    from maildesk.store.db import Database
+    from maildesk.store.direct import Readable
+    from maildesk.store.tables import OutboxRow
 
 PENDING, SENT, FAILED, BOUNCED = "pending", "sent", "failed", "bounced"
 LEASE = timedelta(minutes=5)  # longer than any transport timeout: a live sender keeps its rows
@@ -100,10 +106,16 @@ def auto_replies_since(s: Session, address: str, since: datetime) -> int:
 
 
 def by_id(s: Session, outbox_id: int) -> OutboxRow | None:
+    from maildesk.store.tables import OutboxRow
+
     return s.get(OutboxRow, outbox_id)
 
 
 def by_message_id(s: Session, message_id: str) -> OutboxRow | None:
+    from sqlmodel import select
+
+    from maildesk.store.tables import OutboxRow
+
     return s.exec(select(OutboxRow).where(OutboxRow.message_id == message_id)).first()
 
 
@@ -126,10 +138,11 @@ def suppressed(s: Session, addresses: Iterable[str]) -> set[str]:
 def suppress(s: Session, address: str, reason: str, now: datetime) -> bool:
     """Put an address on the suppression list; False when it already was."""
     address = address.lower()
-    if s.get(SuppressionRow, address) is not None:
+    r = _raw(s)
+    if r.one("SELECT 1 FROM suppression WHERE address = ?", (address,)) is not None:
         return False
-    s.add(SuppressionRow(address=address, reason=_one_line(reason), created_at=now))
-    s.flush()
+    r.run("INSERT INTO suppression (address, reason, created_at) VALUES (?, ?, ?)",
+          (address, _one_line(reason), r.time(now)))
     return True
 
 
@@ -195,27 +208,24 @@ def record(db: Database, results: Sequence[Result]) -> None:
 
 def release(db: Database, ids: list[int]) -> None:
     """Give claimed rows back unsent (the sender is stopping)."""
-    with db.write() as s:
-        s.execute(update(OutboxRow).where(col(OutboxRow.id).in_(ids)).values(claimed_until=None))
+    if not ids:
+        return
+    with db.write_raw() as r:
+        r.run(f"UPDATE outbox SET claimed_until = NULL WHERE id IN ({placeholders(len(ids))})",
+              ids)
 
 
 def retry(db: Database, outbox_id: int, *, now: datetime | None = None) -> bool:
     """`maildesk outbox retry`: a failed (or pending) message becomes due now, with a fresh
     retry schedule (the sender counts `max_retry` by attempts, see sender.backoff)."""
     now = now or utcnow()
-    with db.write() as s:
-        row = s.get(OutboxRow, outbox_id)
-        if row is None or row.state == SENT:
-            return False
-        row.state = PENDING
-        row.attempts = 0
-        row.next_attempt_at = now
-        row.claimed_until = None
-        s.add(row)
-        return True
+    with db.write_raw() as r:
+        return r.run("UPDATE outbox SET state = ?, attempts = 0, next_attempt_at = ?,"
+                     " claimed_until = NULL WHERE id = ? AND state != ?",
+                     (PENDING, r.time(now), outbox_id, SENT)) > 0
 
 
-def list_items(db: Database, *, state: str | None = None, limit: int = 200) -> list[OutboxItem]:
+def list_items(db: Readable, *, state: str | None = None, limit: int = 200) -> list[OutboxItem]:
     where = "WHERE state = ? " if state is not None else ""
     with db.read_raw() as r:
         rows = r.rows(f"SELECT {_ITEM_COLUMNS} FROM outbox {where}ORDER BY id DESC LIMIT ?",
@@ -223,11 +233,20 @@ def list_items(db: Database, *, state: str | None = None, limit: int = 200) -> l
         return [_raw_item(r, row) for row in rows]
 
 
-def backlog(db: Database) -> int:
-    with db.read() as s:
-        n = s.exec(select(func.count()).select_from(OutboxRow).where(
-            OutboxRow.state == PENDING)).one()
-        return int(n)
+def backlog(db: Readable) -> int:
+    """Outgoing messages waiting to be sent."""
+    return _count(db, PENDING)
+
+
+def failed_count(db: Readable) -> int:
+    """Outgoing messages given up on (`maildesk outbox list --state failed`)."""
+    return _count(db, FAILED)
+
+
+def _count(db: Readable, state: str) -> int:
+    with db.read_raw() as r:
+        found = r.one("SELECT count(*) FROM outbox WHERE state = ?", (state,))
+        return int(found[0]) if found else 0
 
 
 def _one_line(text: str) -> str:

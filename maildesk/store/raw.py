@@ -18,22 +18,33 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import Connection
-from sqlmodel import Session
+if TYPE_CHECKING:  # not imported at run time: the CLI's reads run without SQLAlchemy
+    from sqlalchemy.engine import Connection
+    from sqlmodel import Session
 
 Row = tuple[Any, ...]
 
 
 class Raw:
-    """The driver's cursor of one connection (a session's, or a bare write transaction's:
-    Database.write_raw)."""
+    """The driver's cursor of one connection (a session's, a bare write transaction's:
+    Database.write_raw, or a driver connection of its own: store.direct.Reader)."""
 
     def __init__(self, conn: Connection) -> None:
-        self.sqlite = conn.dialect.name == "sqlite"
         dbapi = conn.connection.dbapi_connection
         assert dbapi is not None
+        self._init(dbapi, sqlite=conn.dialect.name == "sqlite")
+
+    @classmethod
+    def of_driver(cls, dbapi: Any, *, sqlite: bool) -> Raw:
+        """A Raw on a driver connection (sqlite3 or psycopg) that no SQLAlchemy holds."""
+        r = cls.__new__(cls)
+        r._init(dbapi, sqlite=sqlite)
+        return r
+
+    def _init(self, dbapi: Any, *, sqlite: bool) -> None:
+        self.sqlite = sqlite
         self.cur = dbapi.cursor()
         self._last_time: tuple[datetime | None, Any] = (None, None)
 
@@ -87,12 +98,15 @@ class Raw:
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def raw(session: Session) -> Raw:
-    """The session's Raw, made on first use (one cursor per transaction).
+def raw(session: Session | Raw) -> Raw:
+    """The session's Raw, made on first use (one cursor per transaction); a Raw itself
+    (the reads that serve both the daemon's sessions and the CLI's store.direct.Reader).
 
     Take savepoints with `savepoint()`, not `Session.begin_nested()`: SQLAlchemy emits
     the SAVEPOINT only when the session's connection is next asked for, which this does
     not do once the Raw exists (it cost ~6 µs a statement)."""
+    if isinstance(session, Raw):
+        return session
     found = session.info.get("raw")
     if found is None:
         found = session.info["raw"] = Raw(session.connection())

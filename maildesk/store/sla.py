@@ -14,12 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-
-from sqlmodel import Session
+from typing import TYPE_CHECKING
 
 from maildesk.store import tickets
 from maildesk.store.raw import placeholders, raw
 from maildesk.store.tickets import Ticket
+
+if TYPE_CHECKING:  # not at run time: `maildesk sla show` runs without SQLAlchemy
+    from sqlmodel import Session
 
 OPEN_STATUSES = ("new", "open", "pending")
 

@@ -53,15 +53,20 @@ class InboxRawRow(SQLModel, table=True):
 
 class TicketRow(SQLModel, table=True):
     __tablename__ = "ticket"
-    # Auto-close reads pending tickets by how long they have waited (maildesk.autoclose).
-    __table_args__ = (Index("ix_ticket_status_paused_since", "status", "paused_since"),)
+    # `tickets list --status S` / `--queue Q`: a page is read from one of these in id
+    # order (merged-away tickets, merged_into set, are left out by the index range), and
+    # its total counts index entries only, however many tickets there are. Auto-close
+    # reads pending tickets by how long they have waited (maildesk.autoclose).
+    __table_args__ = (Index("ix_ticket_status_list", "status", "merged_into", "id"),
+                      Index("ix_ticket_queue_list", "queue", "merged_into", "id"),
+                      Index("ix_ticket_status_paused_since", "status", "paused_since"))
 
     id: int | None = Field(default=None, primary_key=True)
     subject: str = ""
     subject_key: str = Field(default="", index=True)  # normalised, for the subject window
-    status: str = Field(default="new", index=True, max_length=16)
+    status: str = Field(default="new", max_length=16)
     priority: str = Field(default="normal", max_length=16)
-    queue: str = Field(default="general", index=True)
+    queue: str = Field(default="general")
     assignee: str | None = None
     requester: str = ""
     reply_to: str | None = None

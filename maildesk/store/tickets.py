@@ -1,4 +1,9 @@
-"""Tickets, their entries, participants, message references and links."""
+"""Tickets, their entries, participants, message references and links.
+
+All hand-written SQL (store.raw), no ORM: the processing transaction's statements for
+speed, the reads (reports, assignment; the display reads of `tickets list` and `show` are
+in store.ticket_views, re-exported here) so that they also run on a store.direct.Reader
+without importing SQLAlchemy."""
 
 from __future__ import annotations
 
@@ -6,38 +11,35 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
-
-from sqlalchemy import func
-from sqlmodel import Session, col, select
+from typing import TYPE_CHECKING, Any
 
 from maildesk.domain import (
     Attachment,
     EntryKind,
-    EntryView,
     Priority,
     Status,
-    TicketView,
 )
-from maildesk.store.db import Database
 from maildesk.store.raw import Raw, Row, placeholders, raw
-from maildesk.store.tables import (
-    AttachmentRow,
-    DeferredRow,
-    EntryRow,
-    ParticipantRow,
-    TicketLinkRow,
-    TicketRow,
-)
+from maildesk.store.ticket_views import Page as Page  # the display reads, re-exported
+from maildesk.store.ticket_views import entries as entries
+from maildesk.store.ticket_views import list_views as list_views
+from maildesk.store.ticket_views import page as page
+from maildesk.store.ticket_views import view as view
+from maildesk.store.ticket_views import views as views
 from maildesk.thread import TicketFacts
+
+if TYPE_CHECKING:  # not at run time: `maildesk tickets list` runs without SQLAlchemy
+    from sqlmodel import Session
+
+    from maildesk.store.direct import Readable
 
 MAX_MERGE_HOPS = 20
 
 
 @dataclass
 class Ticket:
-    """A ticket row as the processing transaction reads and changes it (see store.raw);
-    the CLI and reports use TicketRow through the ORM."""
+    """A ticket row as the processing transaction reads and changes it (see store.raw),
+    and as reports read it; the CLI lists and shows TicketViews."""
 
     id: int
     subject: str
@@ -83,7 +85,7 @@ def _ticket(r: Raw, row: Row) -> Ticket:
     return Ticket(**values)
 
 
-def load(s: Session, ticket_id: int) -> Ticket | None:
+def load(s: Session | Raw, ticket_id: int) -> Ticket | None:
     """One ticket as stored (merges not followed)."""
     r = raw(s)
     row = r.one(f"{_SELECT} WHERE id = ?", (ticket_id,))
@@ -109,7 +111,7 @@ def save(s: Session, t: Ticket) -> None:
 class SessionLookup:
     """thread.ThreadLookup over one database session (inside the processing transaction)."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session | Raw) -> None:
         self.s = session
         # What threading loaded, so storing the message changes the same objects.
         self.loaded: dict[int, Ticket] = {}
@@ -178,7 +180,7 @@ class SessionLookup:
         return found[0] if found else None
 
 
-def get_row(s: Session, ticket_id: int) -> Ticket | None:
+def get_row(s: Session | Raw, ticket_id: int) -> Ticket | None:
     """The ticket, merges followed."""
     return SessionLookup(s)._resolve(ticket_id)
 
@@ -317,100 +319,47 @@ def merge(s: Session, lookup: SessionLookup, into: Ticket, other: int, now: date
 
 
 # --- reading, for the CLI and the outbound side -------------------------------------------
-
-
-def view(s: Session, row: TicketRow | Ticket) -> TicketView:
-    assert row.id is not None
-    cc = s.exec(select(ParticipantRow.address).where(
-        ParticipantRow.ticket_id == row.id, ParticipantRow.role == "cc")).all()
-    linked = s.exec(select(TicketLinkRow.other_id).where(TicketLinkRow.ticket_id == row.id)).all()
-    return TicketView(
-        id=row.id, subject=row.subject, status=Status(row.status),
-        priority=Priority(row.priority), queue=row.queue, assignee=row.assignee,
-        requester=row.requester, reply_to=row.reply_to, tags=row.tags.split(),
-        cc=list(cc), created_at=row.created_at, updated_at=row.updated_at,
-        merged_into=row.merged_into, linked=sorted(linked),
-        sla_policy=row.sla_policy, first_response_due=row.first_response_due,
-        first_response_at=row.first_response_at, next_response_due=row.next_response_due,
-        next_response_at=row.next_response_at if row.next_response_from else None,
-        resolution_due=row.resolution_due,
-        solved_at=(row.solved_at or row.closed_at or row.updated_at)
-        if row.status in (Status.SOLVED, Status.CLOSED) else None,
-    )
-
-
-def list_views(
-    s: Session, *, status: str | None = None, queue: str | None = None, limit: int = 500
-) -> list[TicketView]:
-    q = select(TicketRow).where(col(TicketRow.merged_into).is_(None))
-    if status:
-        q = q.where(TicketRow.status == status)
-    if queue:
-        q = q.where(TicketRow.queue == queue)
-    rows = s.exec(q.order_by(col(TicketRow.id).desc()).limit(limit)).all()
-    return [view(s, r) for r in rows]
-
-
-def entries(s: Session, ticket_id: int) -> list[EntryView]:
-    rows = s.exec(
-        select(EntryRow).where(EntryRow.ticket_id == ticket_id)
-        .order_by(col(EntryRow.created_at), col(EntryRow.id))
-    ).all()
-    pending = set(s.exec(select(DeferredRow.entry_id).where(
-        col(DeferredRow.entry_id).in_([r.id for r in rows]))).all()) if rows else set()
-    out = []
-    for r in rows:
-        assert r.id is not None
-        atts = s.exec(select(AttachmentRow.filename, AttachmentRow.content_type,
-                             AttachmentRow.size).where(AttachmentRow.entry_id == r.id)).all()
-        out.append(EntryView(
-            id=r.id, ticket_id=r.ticket_id, kind=EntryKind(r.kind), from_addr=r.from_addr,
-            subject=r.subject, body=r.body, created_at=r.created_at, message_id=r.message_id,
-            verified=r.verified, thread_rule=r.thread_rule, thread_reason=r.thread_reason,
-            inbox_id=r.inbox_id, attachments=[(n, t, z) for n, t, z in atts],
-            pending=r.id in pending,
-        ))
-    return out
+# The display reads (TicketView, EntryView, pages) are in store.ticket_views, re-exported
+# above; these serve assignment, reports and metrics. Hand-written SQL like the rest: the
+# CLI's `report` runs on a store.direct.Reader, without SQLAlchemy.
 
 
 def last_assignee(s: Session, queue: str) -> str | None:
     """The assignee of the most recently created assigned ticket in `queue` (round robin)."""
-    return s.exec(
-        select(TicketRow.assignee)
-        .where(TicketRow.queue == queue, col(TicketRow.assignee).is_not(None))
-        .order_by(col(TicketRow.created_at).desc(), col(TicketRow.id).desc())
-        .limit(1)
-    ).first()
+    found = raw(s).one(
+        "SELECT assignee FROM ticket WHERE queue = ? AND assignee IS NOT NULL"
+        " ORDER BY created_at DESC, id DESC LIMIT 1", (queue,))
+    return found[0] if found else None
 
 
 def open_counts(s: Session, agents: Sequence[str]) -> dict[str, int]:
     """How many unsolved tickets each agent holds (least open)."""
-    rows = s.exec(
-        select(TicketRow.assignee, func.count())
-        .where(
-            col(TicketRow.assignee).in_(list(agents)),
-            col(TicketRow.status).in_([Status.NEW.value, Status.OPEN.value, Status.PENDING.value]),
-            col(TicketRow.merged_into).is_(None),
-        )
-        .group_by(TicketRow.assignee)
-    ).all()
     counts = {a: 0 for a in agents}
-    counts.update({a: n for a, n in rows if a})
+    if not counts:
+        return counts
+    unsolved = (Status.NEW.value, Status.OPEN.value, Status.PENDING.value)
+    rows = raw(s).rows(
+        f"SELECT assignee, count(*) FROM ticket WHERE assignee IN ({placeholders(len(counts))})"
+        f" AND status IN (?, ?, ?) AND merged_into IS NULL GROUP BY assignee",
+        (*counts, *unsolved))
+    counts.update({a: int(n) for a, n in rows if a})
     return counts
 
 
-def report_rows(s: Session, since: datetime | None) -> list[TicketRow]:
+def report_rows(src: Session | Raw, since: datetime | None) -> list[Ticket]:
     """Tickets created since `since` (merged-away ones excluded), for `maildesk report`."""
-    q = select(TicketRow).where(col(TicketRow.merged_into).is_(None))
-    if since is not None:
-        q = q.where(col(TicketRow.created_at) >= since)
-    return list(s.exec(q).all())
+    r = raw(src)
+    if since is None:
+        rows = r.rows(f"{_SELECT} WHERE merged_into IS NULL")
+    else:
+        rows = r.rows(f"{_SELECT} WHERE merged_into IS NULL AND created_at >= ?",
+                      (r.time(since),))
+    return [_ticket(r, row) for row in rows]
 
 
-def count_by_status(db: Database) -> dict[str, int]:
+def count_by_status(db: Readable) -> dict[str, int]:
     """Live tickets per status (merged-away ones excluded), for the metrics gauge."""
-    with db.read() as s:
-        rows = s.exec(select(TicketRow.status, func.count())
-                      .where(col(TicketRow.merged_into).is_(None))
-                      .group_by(TicketRow.status)).all()
-    return {status: n for status, n in rows}
+    with db.read_raw() as r:
+        rows = r.rows("SELECT status, count(*) FROM ticket WHERE merged_into IS NULL"
+                      " GROUP BY status")
+    return {status: int(n) for status, n in rows}
