@@ -4,7 +4,9 @@ An outgoing message is a fully rendered row, written in the same transaction as 
 ticket change that caused it, so a decision and its mail commit together or not at all.
 The sender claims due rows with a lease (SKIP LOCKED on PostgreSQL), hands each to a
 transport and marks it sent right after the transport accepted it: a message is never
-claimed by two senders, and a restart finds it either `sent` or still `pending`.
+claimed by two senders. A transport that cannot tell a repeat (SMTP) has the row marked
+`sending` right before the point of no return; a row left `sending` by a sender that died
+counts as sent (`recover`), a row left `pending` is sent again.
 
 Hand-written SQL (store.raw), except for the bounce handler's rows (`by_id`,
 `by_message_id`: ORM objects, imported there), so that `maildesk outbox list` imports
@@ -30,6 +32,9 @@ if TYPE_CHECKING:  # `maildesk outbox list` runs without SQLAlchemy (store.direc
     from maildesk.store.tables import OutboxRow
 
 PENDING, SENT, FAILED, BOUNCED = "pending", "sent", "failed", "bounced"
+SENDING = "sending"  # the smarthost may have it: the end of DATA went out, no reply yet
+PRESUMED_SENT = ("presumed sent: the sender stopped after the end of DATA, before the"
+                 " smarthost's reply; `maildesk outbox retry ID` sends it again")
 LEASE = timedelta(minutes=5)  # longer than any transport timeout: a live sender keeps its rows
 
 
@@ -194,16 +199,49 @@ class Result:
     at: datetime | None = None  # sent_at for SENT, next attempt for PENDING
 
 
-def record(db: Database, results: Sequence[Result]) -> None:
-    """Store attempts in one transaction: rows leave the sender's lease."""
+def mark_sending(db: Database, outbox_id: int) -> None:
+    """The transport is about to pass the point of no return with this row: a durable
+    commit, so that no crash from here on makes the row look unsent."""
+    with db.write_raw() as r:
+        r.run("UPDATE outbox SET state = ? WHERE id = ? AND state = ?",
+              (SENDING, outbox_id, PENDING))
+
+
+def record(db: Database, results: Sequence[Result], *, durable: bool = True) -> None:
+    """Store attempts in one transaction: rows leave the sender's lease. `durable=False`
+    only for rows marked `sending` that were sent: undone by a power cut, they still
+    count as sent."""
     if not results:
         return
-    with db.write_raw() as r:
+    with db.write_raw(durable=durable) as r:
         r.many("UPDATE outbox SET state = ?, attempts = attempts + 1, claimed_until = NULL,"
                " last_error = ?, sent_at = ?, next_attempt_at = ? WHERE id = ?",
                [(x.state, _one_line(x.note) if x.note else None,
                  r.time(x.at) if x.state == SENT else None,
                  r.time(x.at) if x.state == PENDING else None, x.outbox_id) for x in results])
+
+
+def recover(db: Database, *, now: datetime | None = None, sole: bool = False,
+            ) -> list[OutboxItem]:
+    """Rows that a dead sender left behind. `sending` rows whose lease ran out (all of
+    them when `sole`) count as sent (PRESUMED_SENT) and are returned, for the log. With
+    `sole` (no other sender can be alive: a daemon that owns its SQLite file) the leases
+    of `pending` rows end now instead of after LEASE; they stay marked as claimed before,
+    so that the transport checks for a copy of an earlier try (`Claimed.reclaimed`)."""
+    now = now or utcnow()
+    with db.write_raw() as r:
+        at = r.time(now)
+        lapsed = "" if sole else " AND claimed_until < ?"
+        rows = r.rows(f"SELECT {_ITEM_COLUMNS} FROM outbox WHERE state = ?{lapsed}",
+                      (SENDING, *([] if sole else [at])))
+        if rows:
+            r.run("UPDATE outbox SET state = ?, attempts = attempts + 1, claimed_until = NULL,"
+                  f" last_error = ?, sent_at = ? WHERE state = ?{lapsed}",
+                  (SENT, PRESUMED_SENT, at, SENDING, *([] if sole else [at])))
+        if sole:
+            r.run("UPDATE outbox SET claimed_until = ? WHERE state = ? AND claimed_until > ?",
+                  (r.time(now - timedelta(seconds=1)), PENDING, at))
+        return [_raw_item(r, row) for row in rows]
 
 
 def release(db: Database, ids: list[int]) -> None:
