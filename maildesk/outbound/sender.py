@@ -129,8 +129,8 @@ class Sender(BackgroundLoop):
                     outbox.release(self.db, [x.item.id for x in claimed[i:]])
                     break
                 done.append(self._deliver(transport, c, now or utcnow(), result))
-                if not transport.idempotent:  # its rows were marked `sending`: see record()
-                    outbox.record(self.db, done, durable=done[0].state != outbox.SENT)
+                if not transport.idempotent:
+                    outbox.record(self.db, done)
                     done = []
         finally:
             if done:

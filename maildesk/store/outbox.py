@@ -200,20 +200,23 @@ class Result:
 
 
 def mark_sending(db: Database, outbox_id: int) -> None:
-    """The transport is about to pass the point of no return with this row: a durable
-    commit, so that no crash from here on makes the row look unsent."""
-    with db.write_raw() as r:
+    """The transport is about to pass the point of no return with this row. A process
+    that dies after this commit leaves the row `sending` (the database has it, flushed
+    or not), and a crash in the time between the commit and the point of no return loses
+    the message: so the commit does not wait for the disk, a flush that took
+    milliseconds (most of the window, measured with bench/crash.py). A power cut may undo
+    it, and then the row is sent again, as it was before this mark existed; the sender's
+    record of the smarthost's 250 is durable."""
+    with db.write_raw(durable=False) as r:
         r.run("UPDATE outbox SET state = ? WHERE id = ? AND state = ?",
               (SENDING, outbox_id, PENDING))
 
 
-def record(db: Database, results: Sequence[Result], *, durable: bool = True) -> None:
-    """Store attempts in one transaction: rows leave the sender's lease. `durable=False`
-    only for rows marked `sending` that were sent: undone by a power cut, they still
-    count as sent."""
+def record(db: Database, results: Sequence[Result]) -> None:
+    """Store attempts in one transaction: rows leave the sender's lease."""
     if not results:
         return
-    with db.write_raw(durable=durable) as r:
+    with db.write_raw() as r:
         r.many("UPDATE outbox SET state = ?, attempts = attempts + 1, claimed_until = NULL,"
                " last_error = ?, sent_at = ?, next_attempt_at = ? WHERE id = ?",
                [(x.state, _one_line(x.note) if x.note else None,
