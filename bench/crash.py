@@ -41,6 +41,8 @@ def main() -> int:
     p.add_argument("--agent-every", type=int, default=10,
                    help="one thread in N gets an agent's reply")
     p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--daemon-repo", type=Path,
+                   help="run the daemon from this checkout (e.g. an older commit, to compare)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (its path is printed)")
     p.add_argument("--json", action="store_true", help="one JSON line per transport")
     args = p.parse_args()
@@ -48,7 +50,8 @@ def main() -> int:
         print(f"bench/crash.py: {dovecot_missing()} (or run with --imap 0)", file=sys.stderr)
         return 2
     load = Load(smtp=args.messages, imap=args.imap, agent_every=args.agent_every,
-                kill_every=args.kill_every, clients=args.clients, seed=args.seed)
+                kill_every=args.kill_every, clients=args.clients, seed=args.seed,
+                settle_timeout=1800)
     say = (lambda _: None) if args.json else (lambda line: print(line, flush=True))
     transports = ["maildir", "smarthost"] if args.transport == "both" else [args.transport]
     server = start_dovecot("dovecot-crash-") if args.imap else None
@@ -56,7 +59,8 @@ def main() -> int:
     work_root = Path(tempfile.mkdtemp(prefix="maildesk-crash-"))
     try:
         for transport in transports:
-            result = run(work_root / transport, transport, load, server, say)
+            result = run(work_root / transport, transport, load, server, say,
+                         args.daemon_repo)
             failures = result.failures()
             bad = bad or bool(failures)
             if args.json:

@@ -285,8 +285,9 @@ class Result:
 
 
 def run(work: Path, transport: str, load: Load, server: Dovecot | None,
-        say: Callable[[str], None] = lambda _: None) -> Result:
-    """One crash run into `work` (a fresh folder); `server` None: no IMAP part."""
+        say: Callable[[str], None] = lambda _: None, daemon_repo: Path | None = None) -> Result:
+    """One crash run into `work` (a fresh folder); `server` None: no IMAP part.
+    `daemon_repo`: run the daemon from that checkout instead (to compare versions)."""
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"{load.seed}-{transport}")
     tag = uuid.uuid4().hex[:8]
@@ -301,7 +302,8 @@ def run(work: Path, transport: str, load: Load, server: Dovecot | None,
     smtp_port = free_port()
     cfg = config(work, "maildir" if transport == "maildir" else "smtp", smtp_port,
                  capture.port, server if load.imap else None, box, done)
-    serve = Serve(cfg, work / "daemon.log", smtp_port)
+    serve = Serve(cfg, work / "daemon.log", smtp_port, **(
+        {"repo": daemon_repo} if daemon_repo else {}))
     desk = Desk(work / "maildesk.db")
     smtp_threads = customer_threads(tag, "s", load.smtp)
     imap_threads = customer_threads(tag, "i", load.imap) if server is not None else []

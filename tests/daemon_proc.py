@@ -56,8 +56,8 @@ def peak_rss_kb(pid: int) -> int:
 class Serve:
     """One `maildesk serve --config CONFIG` process at a time, its output appended to LOG."""
 
-    def __init__(self, config: Path, log: Path, port: int) -> None:
-        self.config, self.log, self.port = config, log, port
+    def __init__(self, config: Path, log: Path, port: int, repo: Path = REPO) -> None:
+        self.config, self.log, self.port, self.repo = config, log, port, repo
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -70,7 +70,7 @@ class Serve:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "maildesk.cli", "serve", "--config", str(self.config)],
-                cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+                cwd=self.repo, stdout=out, stderr=subprocess.STDOUT)
         self.starts += 1
         wait_port(self.port, timeout, lambda: self.alive)
 
