@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
+from maildesk.cli import main
 from maildesk.outbound.sender import Sender
 from maildesk.outbound.transports import MaildirTransport, make_transport
 from maildesk.store import StoreUnavailable, outbox
@@ -73,6 +74,12 @@ def test_mail_the_smarthost_took_before_a_crash_is_not_sent_again(
         [row] = [i for i in outbox.list_items(desk.db) if i.id == first.item.id]
         assert row.state == "sent" and row.last_error == outbox.PRESUMED_SENT
         assert {i.state for i in outbox.list_items(desk.db)} == {"sent"}
+        # the operator, told so by the log and `outbox list`, may send it again
+        config = str(tmp_path / "maildesk.toml")
+        assert main(["outbox", "retry", str(row.id), "--config", config]) == 0
+        assert sender(desk, sole=True).drain().sent == 1
+        assert len(handler.received) == 4
+        assert main(["outbox", "retry", str(row.id), "--config", config]) == 1  # sent now
     finally:
         desk.db.dispose()
 

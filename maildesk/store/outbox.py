@@ -258,12 +258,14 @@ def release(db: Database, ids: list[int]) -> None:
 
 def retry(db: Database, outbox_id: int, *, now: datetime | None = None) -> bool:
     """`maildesk outbox retry`: a failed (or pending) message becomes due now, with a fresh
-    retry schedule (the sender counts `max_retry` by attempts, see sender.backoff)."""
+    retry schedule (the sender counts `max_retry` by attempts, see sender.backoff). A sent
+    one only when it was presumed sent (`recover`): the operator found it missing."""
     now = now or utcnow()
     with db.write_raw() as r:
         return r.run("UPDATE outbox SET state = ?, attempts = 0, next_attempt_at = ?,"
-                     " claimed_until = NULL WHERE id = ? AND state != ?",
-                     (PENDING, r.time(now), outbox_id, SENT)) > 0
+                     " claimed_until = NULL, sent_at = NULL"
+                     " WHERE id = ? AND (state != ? OR last_error = ?)",
+                     (PENDING, r.time(now), outbox_id, SENT, PRESUMED_SENT)) > 0
 
 
 def list_items(db: Readable, *, state: str | None = None, limit: int = 200) -> list[OutboxItem]:
