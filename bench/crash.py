@@ -38,6 +38,8 @@ def main() -> int:
     p.add_argument("--transport", choices=("maildir", "smarthost", "both"), default="both")
     p.add_argument("--kill-every", type=float, default=2.0, help="mean seconds between kills")
     p.add_argument("--clients", type=int, default=4, help="parallel SMTP connections")
+    p.add_argument("--kills-after-load", type=int, default=3,
+                   help="kills while the backlog drains, once all mail is in")
     p.add_argument("--agent-every", type=int, default=10,
                    help="one thread in N gets an agent's reply")
     p.add_argument("--seed", type=int, default=13)
@@ -51,6 +53,7 @@ def main() -> int:
         return 2
     load = Load(smtp=args.messages, imap=args.imap, agent_every=args.agent_every,
                 kill_every=args.kill_every, clients=args.clients, seed=args.seed,
+                kills_after_load=args.kills_after_load,
                 settle_timeout=1800)
     say = (lambda _: None) if args.json else (lambda line: print(line, flush=True))
     transports = ["maildir", "smarthost"] if args.transport == "both" else [args.transport]

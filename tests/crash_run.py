@@ -291,10 +291,19 @@ def run(work: Path, transport: str, load: Load, server: Dovecot | None,
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"{load.seed}-{transport}")
     tag = uuid.uuid4().hex[:8]
-    box, done = f"Crash{tag}", f"Done{tag}"
     capture = Capture(work / "captured.jsonl")
     if transport == "smarthost":
         capture.start()
+    try:
+        return _run(work, transport, load, server, say, daemon_repo, rng, tag, capture)
+    finally:
+        capture.stop()
+
+
+def _run(work: Path, transport: str, load: Load, server: Dovecot | None,
+         say: Callable[[str], None], daemon_repo: Path | None, rng: random.Random, tag: str,
+         capture: Capture) -> Result:
+    box, done = f"Crash{tag}", f"Done{tag}"
     if server is not None and load.imap:
         with server.client() as c:
             c.create_folder(box)
@@ -417,7 +426,6 @@ def run(work: Path, transport: str, load: Load, server: Dovecot | None,
         stop_killing.set()
         if serve.alive:
             serve.kill()
-        capture.stop()
     seconds = time.monotonic() - started
     log_text = serve.log.read_text(errors="replace")
     return verify(
