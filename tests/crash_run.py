@@ -50,6 +50,7 @@ class Load:
     clients: int = 4  # parallel SMTP client connections
     kills_after_load: int = 3  # more kills while the backlog drains
     max_kills: int = 1_000_000  # then the load goes on without (the test's short form)
+    min_kills: int = 0  # kill this often even when all is in and settled earlier
     seed: int = 13
     settle_timeout: float = 600
 
@@ -405,7 +406,7 @@ def _run(work: Path, transport: str, load: Load, server: Dovecot | None,
             return True
 
         deadline = time.monotonic() + load.settle_timeout
-        while kill_thread.is_alive() and not (settled() and load_done.is_set()):
+        while kill_thread.is_alive() and not (settled() and kills >= load.min_kills):
             kill_thread.join(0.2)
         stop_killing.set()
         kill_thread.join()

@@ -166,7 +166,7 @@ def test_sigkill_under_smtp_and_imap_load_loses_and_doubles_nothing(
     transport: str, dovecot: Dovecot, tmp_path: Path
 ) -> None:
     load = crash_run.Load(smtp=120, imap=40, agent_every=5, kill_every=0.5, clients=3,
-                          kills_after_load=1, max_kills=3, settle_timeout=120)
+                          kills_after_load=3, min_kills=3, max_kills=3, settle_timeout=120)
     result = crash_run.run(tmp_path, transport, load, dovecot)
     report = "\n".join(crash_run.lines(result))
     assert result.failures() == [], report
