@@ -112,10 +112,13 @@ class Database:
             yield session
 
     @contextmanager
-    def write_raw(self) -> Iterator[Raw]:
+    def write_raw(self, *, durable: bool = True) -> Iterator[Raw]:
         """A write transaction without an ORM session, for intake's inserts (store.raw):
-        the session costs more than the insert of a message."""
-        with self._writer, _unavailable_on_error(), self.engine.begin() as conn:
+        the session costs more than the insert of a message. `durable` as in write()."""
+        engine = self.engine if durable else self.lazy_engine
+        with self._writer, _unavailable_on_error(), engine.begin() as conn:
+            if not durable and not self.is_sqlite:
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
             yield Raw(conn)
 
     @contextmanager
