@@ -1,0 +1,153 @@
+"""The database goes away under load (issue 13, outage): a real `maildesk serve`, real SMTP
+clients sending without pause (tests/outage_load.py), a real Dovecot mailbox, the local
+PostgreSQL behind a TCP proxy that the test stops (never the server itself), and SQLite on a
+disk that runs full. While the database is away every DATA gets `451` (never `250`, never a
+5xx, never a dropped connection), the IMAP poller flags and moves nothing, `/healthz` says
+unhealthy; once it is back, every message the clients retry is stored once, on one ticket,
+with one acknowledgement, and the daemon never exited."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.dovecot import Dovecot, dovecot_missing, remove, start_dovecot
+from tests.helpers import message
+from tests.outage_load import (
+    BackendKill,
+    FileSizeLimit,
+    Outages,
+    ProxyOutage,
+    SmtpLoad,
+    run_outage,
+    store_rows,
+    verdict,
+)
+from tests.tcp_proxy import TcpProxy
+from tests.test_imap import mailbox_toml
+from tests.test_operations import get, with_metrics
+from tests.test_serve import Daemon, wait_for
+
+
+@pytest.fixture
+def own_daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path / "d")
+    try:
+        yield d
+    finally:
+        d.kill()
+
+
+@pytest.fixture
+def own_dovecot() -> Iterator[Dovecot]:
+    why = dovecot_missing()
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    server = start_dovecot()
+    try:
+        yield server
+    finally:
+        remove(server)
+
+
+def settled(db_url: str, expected: int) -> bool:
+    """Everything received is processed, followed up and sent."""
+    rows = store_rows(db_url)
+    print("settled?", len(rows.entries), expected, rows.half_stored[:3], flush=True)
+    time.sleep(1)
+    return len(rows.entries) >= expected and not rows.half_stored
+
+
+def use_database(d: Daemon, url: str) -> None:
+    d.config.write_text(d.config.read_text().replace(
+        f'url = "sqlite:///{d.folder}/maildesk.db"', f'url = "{url}"'))
+    assert url in d.config.read_text()
+
+
+def healthz(listen: str) -> int:
+    return get(listen, "/healthz")[0]
+
+
+@pytest.mark.postgres
+@pytest.mark.dovecot
+def test_postgresql_goes_away_under_smtp_and_imap_load(
+    own_daemon: Daemon, pg_url: str, own_dovecot: Dovecot
+) -> None:
+    proxy = TcpProxy()
+    dbname = pg_url.rpartition("/")[2]
+    d = own_daemon
+    use_database(d, f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/{dbname}")
+    d.config.write_text(d.config.read_text() + mailbox_toml(
+        "hosted", own_dovecot, tls="none", processed="Done", poll="1s"))
+    listen = with_metrics(d)
+    proxy.start()
+    load = SmtpLoad(d.port, clients=2, rate=40)
+    outages = Outages()
+    imap_ids = [f"imap-{i}@customer.example" for i in range(5)]
+    t0 = time.monotonic()
+    def mark(what: str) -> None:
+        print(f"{time.monotonic() - t0:6.2f} {what}", flush=True)
+    try:
+        d.start()
+        mark("started")
+        wait_for("the mailbox", lambda: "mailbox hosted: connected" in d.log(), timeout=20)
+        load.start()
+        mark('load.start()')
+        load.wait_answers(250, 20, since=0)
+
+        # PostgreSQL restarts in no time: every established connection dies mid-use
+        kill = BackendKill(pg_url)
+        run_outage(load, kill, outages, hold=0)
+        mark('run_outage(load, kill, outages')
+        assert kill.killed >= 2
+        load.wait_answers(250, 20, since=time.monotonic())
+        mark('load.wait_answers(250, 20, sin')
+
+        # PostgreSQL stops: mail arrives by SMTP and in the mailbox meanwhile
+        def while_away() -> None:
+            assert wait_for("/healthz to fail", lambda: healthz(listen) == 503)
+            own_dovecot.append("alice", "INBOX", *(
+                message(frm=f"Imap {i} <i{i}@customer.example>", msgid=f"<{m}>",
+                        subject=f"Mailbox message {i}") for i, m in enumerate(imap_ids)))
+            mark("appended")
+            wait_for("the poller to try and fail",
+                     lambda: "mailbox hosted: database" in d.log(), timeout=20)
+            assert own_dovecot.uids("alice", "INBOX", "SEEN") == []
+            assert len(own_dovecot.uids("alice", "INBOX")) == len(imap_ids)
+            assert own_dovecot.uids("alice", "Done") == []
+
+        run_outage(load, ProxyOutage(proxy), outages, hold=0, during=while_away)
+        mark('run_outage(load, ProxyOutage(p')
+        assert own_dovecot.uids("alice", "Done") == []  # still: nothing flagged while away
+        wait_for("/healthz to recover", lambda: healthz(listen) == 200, timeout=30)
+        mark('wait_for("/healthz to recover"')
+        load.finish(timeout=30)
+        mark('load.finish(timeout=30)')
+        wait_for("the mailbox emptied", lambda: not own_dovecot.uids("alice", "INBOX"),
+                 timeout=30)
+        mark('mailbox emptied')
+        sent = len(load.accepted) + len(imap_ids)
+        wait_for("everything processed and sent", lambda: settled(pg_url, sent), timeout=30)
+        mark('wait_for("everything processed')
+
+        assert d.proc is not None and d.proc.poll() is None, "the daemon exited"
+        v = verdict(load, outages, pg_url, d.folder / "outbox")
+        print(v.summary())
+        assert v.in_outage[451] >= 20 and v.in_outage[250] == 0
+        assert v.ok, (v.summary(), v.bad_answers[:5], v.doubled[:5], v.lost[:5],
+                      v.half_stored[:5], v.acks_doubled[:5], v.acks_missing[:5])
+        entries = store_rows(pg_url).entries
+        assert all(len(entries[m]) == 1 for m in imap_ids)  # each once, on one ticket
+        assert len(own_dovecot.uids("alice", "Done")) == len(imap_ids)
+        assert d.stop() == 0
+    finally:
+        for c in load.clients:
+            c.done.set()
+        d.kill()
+        proxy.stop()
