@@ -64,38 +64,36 @@ class Client(threading.Thread):
         super().__init__(daemon=True, name=f"smtp-{self.name_prefix}")
         self.new_mail.set()
 
-    def _next(self) -> tuple[str, bytes] | None:
+    def _next(self, new_allowed: bool) -> tuple[str, bytes, bool] | None:
+        """A message due for a retry, else a new one (when allowed), else None."""
         now = time.monotonic()
         due = [m for m, (_, at) in self.waiting.items() if at <= now]
         if due:
             msgid = min(due, key=lambda m: self.waiting[m][1])
-            return msgid, self.waiting.pop(msgid)[0]
-        if not self.new_mail.is_set():
+            return msgid, self.waiting.pop(msgid)[0], False
+        if not new_allowed:
             return None
         n = next(self.counter)
         msgid = f"{self.name_prefix}-{n}@customer.example"
         raw = message(frm=f"Customer {n} <c{n}-{self.name_prefix}@customer.example>",
                       subject=f"Order {n} has not arrived", msgid=f"<{msgid}>",
                       body=f"Hello,\norder {n} is late.\n" + "Details.\n" * 20)
-        return msgid, raw.replace(b"\n", b"\r\n")
+        return msgid, raw.replace(b"\n", b"\r\n"), True
 
     def run(self) -> None:
         smtp: smtplib.SMTP | None = None
-        next_new = time.monotonic()
+        next_new = time.monotonic()  # pacing of new messages (retries are not paced)
         while not self.done.is_set():
-            if self.new_mail.is_set() and self.interval and time.monotonic() < next_new \
-                    and not any(at <= time.monotonic() for _, at in self.waiting.values()):
-                time.sleep(min(self.interval, max(0.0, next_new - time.monotonic())))
-                continue
-            item = self._next()
+            sending = self.new_mail.is_set()
+            item = self._next(sending and time.monotonic() >= next_new)
             if item is None:
-                if not self.waiting:
+                if not sending and not self.waiting:
                     break  # drained
-                time.sleep(0.02)
+                time.sleep(0.005)
                 continue
-            if not item[0] in self.waiting and self.new_mail.is_set():
+            msgid, raw, new = item
+            if new:
                 next_new = max(next_new + self.interval, time.monotonic() - 1)
-            msgid, raw = item
             try:
                 if smtp is None:
                     smtp = smtplib.SMTP("127.0.0.1", self.port, timeout=60)

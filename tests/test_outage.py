@@ -19,7 +19,6 @@ from tests.dovecot import Dovecot, dovecot_missing, remove, start_dovecot
 from tests.helpers import message
 from tests.outage_load import (
     BackendKill,
-    FileSizeLimit,
     Outages,
     ProxyOutage,
     SmtpLoad,
@@ -150,4 +149,73 @@ def test_postgresql_goes_away_under_smtp_and_imap_load(
         for c in load.clients:
             c.done.set()
         d.kill()
+        proxy.stop()
+
+
+@pytest.mark.postgres
+def test_the_mailbox_lock_lets_go_of_a_connection_the_server_killed(pg_url: str) -> None:
+    """A PostgreSQL restart kills the poll lock's session: the poller must see a lost lock
+    (and take it again), not an internal error (SQLAlchemy's PendingRollbackError on the
+    unlock it tried on the dead connection stopped the poller's round as a bug)."""
+    from maildesk.store import Database, mailboxes
+
+    db = Database(pg_url)
+    db.upgrade()
+    lock = mailboxes.MailboxLock(db, "hosted")
+    try:
+        assert lock.acquire()
+        BackendKill(pg_url).down()
+        assert lock.held() is False
+        assert lock.acquire()  # the server dropped the lock with the session: ours again
+        assert lock.held()
+    finally:
+        lock.release()
+        db.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("idempotent", [True, False], ids=["maildir", "one-by-one"])
+def test_mail_sent_while_the_database_goes_away_is_recorded_once_it_is_back(
+    tmp_path: Path, pg_url: str, idempotent: bool
+) -> None:
+    """The database goes away between a delivery and its record: once it is back, the
+    delivery is recorded (not made again: a smarthost would deliver a second copy), and the
+    rows claimed but not tried go out at once (not after their 5-minute lease)."""
+    from datetime import timedelta
+
+    from maildesk.outbound.sender import Sender
+    from maildesk.outbound.transports import MaildirTransport
+    from maildesk.store import StoreUnavailable, outbox
+    from tests.helpers import Desk, write_config
+
+    proxy = TcpProxy()
+    proxy.start()
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/{pg_url.rpartition('/')[2]}"
+    desk = Desk.open(write_config(tmp_path, url))
+    desk.db.upgrade()
+    for i in range(3):  # an ack and two agent notifications each
+        desk.ingest(message(frm=f"c{i}@customer.example", msgid=f"<s{i}@customer.example>"))
+    sends: list[int] = []
+
+    class CutAfterFirst(MaildirTransport):
+        def send(self, outbox_id: int, *args: object, **kwargs: object) -> str | None:
+            note = super().send(outbox_id, *args, **kwargs)  # type: ignore[arg-type]
+            sends.append(outbox_id)
+            if len(sends) == 1:
+                proxy.stop()  # the database goes away right after the first delivery
+            return note
+
+    CutAfterFirst.idempotent = idempotent
+    sender = Sender(desk.db, lambda: CutAfterFirst(tmp_path / "out"), max_retry=timedelta(days=2))
+    try:
+        with pytest.raises(StoreUnavailable):
+            sender.drain()
+        proxy.start()
+        sender.drain()
+        items = outbox.list_items(desk.db)
+        assert len(items) == 9 and {i.state for i in items} == {outbox.SENT}
+        assert sorted(sends) == sorted(set(sends)) == sorted(i.id for i in items)
+        assert len(list((tmp_path / "out" / "new").iterdir())) == 9
+    finally:
+        desk.db.dispose()
         proxy.stop()
