@@ -28,6 +28,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -320,6 +321,7 @@ def maildir_replies(maildir: Path) -> Counter[str]:
 
 class Outage(Protocol):
     strict: bool  # inside the window the database takes no write at all
+    lasting: bool  # False: over as soon as it happened
 
     def down(self) -> None: ...
     def up(self) -> None: ...
@@ -328,7 +330,7 @@ class Outage(Protocol):
 class ProxyOutage:
     """PostgreSQL stops: the proxy refuses connections and closes the established ones."""
 
-    strict = True
+    strict = lasting = True
 
     def __init__(self, proxy: Any) -> None:
         self.proxy = proxy
@@ -343,7 +345,7 @@ class ProxyOutage:
 class BackendKill:
     """PostgreSQL restarts in no time: every session of the daemon's database dies."""
 
-    strict = False
+    strict = lasting = False
 
     def __init__(self, db_url: str) -> None:
         self.db_url = db_url
@@ -370,6 +372,7 @@ class FileSizeLimit:
     SIGXFSZ). The limit leaves small files (the Maildir's) writable, as a disk that still
     has a few blocks free: SQLite's file and log are past it."""
 
+    lasting = True
     strict = False  # SQLite may commit a transaction whose log pages are all below the limit
 
     def __init__(self, pid: int, limit: int = 16 * 1024) -> None:
@@ -389,7 +392,7 @@ class FullDisk:
     """The filesystem of the SQLite file runs full: a filler file takes all that is left
     (a small tmpfs, see `tmpfs()`), and is removed at recovery."""
 
-    strict = False
+    strict, lasting = False, True
 
     def __init__(self, folder: Path) -> None:
         self.filler = folder / "filler"
@@ -430,21 +433,23 @@ def max_rss_kb(pid: int) -> int:
     return 0
 
 
-def run_outage(load: SmtpLoad, outage: Outage, outages: Outages, *, hold: float,
-               during: Any = None) -> float:
-    """Take the database away under load for about `hold` seconds (at least until 20
-    DATA got their 451 when strict), then bring it back; the seconds until the next 250."""
+def run_outage(load: SmtpLoad, outage: Outage, outages: Outages, *, hold: float = 0.0,
+               answers: int = 20, during: Callable[[], object] | None = None) -> float:
+    """Take the database away under load until `answers` DATA got their 451 and at least
+    `hold` seconds passed (an instant for BackendKill), then bring it back. Returns the
+    seconds from the recovery to the first 250 of a DATA sent after it."""
     outage.down()
     down = time.monotonic()
-    if outage.strict:
-        load.wait_answers(451, 20, since=down)
+    if outage.lasting:
+        load.wait_answers(451, answers, since=down, timeout=max(20.0, hold + 20))
     if during is not None:
         during()
-    time.sleep(max(0.0, hold - (time.monotonic() - down)))
+    while time.monotonic() - down < hold:
+        time.sleep(0.05)
     up = time.monotonic()
-    if outage.strict:
+    if outage.lasting:
         outages.windows.append((down, up))
     outage.up()
-    load.wait_answers(250, 1, since=time.monotonic(), timeout=60)
-    return time.monotonic() - up
-
+    back = time.monotonic()
+    load.wait_answers(250, 1, since=back, timeout=60)
+    return min(a.ended for a in load.attempts if a.started >= back and a.code == 250) - back
