@@ -184,9 +184,16 @@ class Outages:
     to the moment the recovery starts (monotonic)."""
 
     windows: list[tuple[float, float]] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)  # the outage's class, per window
 
     def inside(self, a: Attempt) -> bool:
-        return any(down <= a.started and a.ended <= up for down, up in self.windows)
+        return self.kind_of(a) is not None
+
+    def kind_of(self, a: Attempt) -> str | None:
+        for (down, up), kind in zip(self.windows, self.kinds, strict=True):
+            if down <= a.started and a.ended <= up:
+                return kind
+        return None
 
 
 @dataclass
@@ -398,16 +405,11 @@ class FullDisk:
         self.filler = folder / "filler"
 
     def down(self) -> None:
-        with self.filler.open("wb") as f:
-            chunk = b"\0" * 65536
-            with contextlib.suppress(OSError):
-                while True:
-                    f.write(chunk)
-                    f.flush()
-            with contextlib.suppress(OSError):  # the last few bytes
-                while True:
-                    f.write(b"\0" * 512)
-                    f.flush()
+        with self.filler.open("wb", buffering=0) as f:
+            for size in (1 << 20, 65536, 4096, 512):  # then the last few bytes
+                with contextlib.suppress(OSError):
+                    while True:
+                        f.write(b"\0" * size)
 
     def up(self) -> None:
         self.filler.unlink()
@@ -449,6 +451,7 @@ def run_outage(load: SmtpLoad, outage: Outage, outages: Outages, *, hold: float 
     up = time.monotonic()
     if outage.lasting:
         outages.windows.append((down, up))
+        outages.kinds.append(type(outage).__name__)
     outage.up()
     back = time.monotonic()
     load.wait_answers(250, 1, since=back, timeout=60)
