@@ -100,6 +100,7 @@ def report(name: str, d: Daemon, load: SmtpLoad, outages: Outages, db_url: str,
         "stored": v.stored, "doubled": len(v.doubled), "lost": len(v.lost),
         "half_stored": len(v.half_stored), "acks_doubled": len(v.acks_doubled),
         "acks_missing": len(v.acks_missing), "bad_answers": len(v.bad_answers),
+        "connections_refused": len(v.connect_errors),
         "daemon_exited_during_run": not alive, "exit_status": code, "max_rss_mb": rss / 1024,
         "outages": len(outages.windows),
         "answers_in_outage_by_kind": {

@@ -112,7 +112,9 @@ class Client(threading.Thread):
                     code, text = smtp.rcpt("support@example.com")
                 if code == 250:
                     code, text = smtp.data(raw)
-            except (smtplib.SMTPException, OSError) as exc:
+            except smtplib.SMTPResponseException as exc:  # e.g. DATA refused before 354
+                code, text = exc.smtp_code, exc.smtp_error
+            except (smtplib.SMTPException, OSError) as exc:  # no answer: the session broke
                 code, text = None, f"{type(exc).__name__}: {exc}".encode()
                 with contextlib.suppress(Exception):
                     smtp.close()
@@ -209,18 +211,19 @@ class Verdict:
     acks_doubled: list[str] = field(default_factory=list)
     acks_missing: list[str] = field(default_factory=list)
     bad_answers: list[Attempt] = field(default_factory=list)  # 5xx, no answer, 250 inside
+    connect_errors: list[str] = field(default_factory=list)  # the listener was not there
 
     @property
     def ok(self) -> bool:
         return not (self.doubled or self.lost or self.half_stored or self.acks_doubled
-                    or self.acks_missing or self.bad_answers)
+                    or self.acks_missing or self.bad_answers or self.connect_errors)
 
     def summary(self) -> str:
         return (f"sent {self.sent}, DATA {self.attempts} ({dict(self.answers)}), in outages "
                 f"{dict(self.in_outage)}, stored {self.stored}, doubled {len(self.doubled)}, "
                 f"lost {len(self.lost)}, half-stored {len(self.half_stored)}, acks doubled "
                 f"{len(self.acks_doubled)}, acks missing {len(self.acks_missing)}, bad answers "
-                f"{len(self.bad_answers)}")
+                f"{len(self.bad_answers)}, connections refused {len(self.connect_errors)}")
 
 
 def verdict(load: SmtpLoad, outages: Outages, db_url: str, maildir: Path,
@@ -263,6 +266,7 @@ def verdict(load: SmtpLoad, outages: Outages, db_url: str, maildir: Path,
             elif acks == 0 or files == 0:
                 v.acks_missing.append(f"{msgid}: {acks} outbox rows, {files} files")
     v.half_stored += rows.half_stored
+    v.connect_errors = [e for c in load.clients for e in c.connect_errors]
     return v
 
 
