@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import resource
 import smtplib
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tests.helpers import message
+from tests.tcp_proxy import TcpProxy
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class Client(threading.Thread):
     counter: itertools.count[int]
     interval: float = 0.0  # seconds between new messages (0: as fast as answers come)
     retry_after: float = 0.5
+    timeout: float = 60.0  # an answer later than this counts as none
     attempts: list[Attempt] = field(default_factory=list)
     accepted: set[str] = field(default_factory=set)
     waiting: dict[str, tuple[bytes, float]] = field(default_factory=dict)  # msgid -> raw, due
@@ -97,7 +101,7 @@ class Client(threading.Thread):
                 next_new = max(next_new + self.interval, time.monotonic() - 1)
             try:
                 if smtp is None:
-                    smtp = smtplib.SMTP("127.0.0.1", self.port, timeout=60)
+                    smtp = smtplib.SMTP("127.0.0.1", self.port, timeout=self.timeout)
                     smtp.ehlo("client.example")
             except OSError as exc:  # the daemon is not listening: it must never happen
                 self.connect_errors.append(f"{type(exc).__name__}: {exc}")
@@ -137,10 +141,10 @@ class SmtpLoad:
     """`clients` connections sending at `rate` new messages per second in all."""
 
     def __init__(self, port: int, *, clients: int = 2, rate: float = 40.0,
-                 retry_after: float = 0.5, prefix: str = "o") -> None:
+                 retry_after: float = 0.5, prefix: str = "o", timeout: float = 60.0) -> None:
         counter = itertools.count(1)
-        self.clients = [Client(port, f"{prefix}{i}", counter, clients / rate, retry_after)
-                        for i in range(clients)]
+        self.clients = [Client(port, f"{prefix}{i}", counter, clients / rate, retry_after,
+                               timeout) for i in range(clients)]
 
     def start(self) -> None:
         for c in self.clients:
@@ -419,6 +423,72 @@ class FullDisk:
         self.filler.unlink()
 
 
+class Partition:
+    """PostgreSQL goes silent: its host is cut off without a reset (powered off, a network
+    partition). The daemon reaches the machine's PostgreSQL across a network namespace of
+    its own (root and `ip netns` needed): daemon -> SIDE:PORT (a forwarder inside the
+    namespace) -> HOST:PORT (one outside, over a veth pair) -> 127.0.0.1:5432. `down()`
+    takes the namespace side's address away, so every packet to it is dropped in silence;
+    `up()` gives it back, and the established connections carry on. Nothing on the
+    machine's own loopback changes."""
+
+    strict = lasting = True
+    PORT = 15432
+
+    def __init__(self) -> None:
+        tag = os.urandom(3).hex()
+        self.ns, self.veth = f"mdo-{tag}", f"mdo{tag}"
+        net = 16 + int(tag[:2], 16) % 200
+        self.host, self.side = f"10.213.{net}.1", f"10.213.{net}.2"
+        self.outside = TcpProxy(("127.0.0.1", 5432), host=self.host, port=self.PORT)
+        self.inside: subprocess.Popen[bytes] | None = None
+
+    def _ip(self, *args: str, inside: bool = False) -> None:
+        pre = ["ip", "netns", "exec", self.ns] if inside else []
+        subprocess.run([*pre, "ip", *args], check=True, capture_output=True, timeout=10)
+
+    def start(self) -> str | None:
+        """Set it up; why it cannot be, or None."""
+        try:
+            subprocess.run(["ip", "netns", "add", self.ns], check=True, capture_output=True,
+                           timeout=10)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"no network namespace here (root and iproute2 needed): {exc}"
+        self._ip("link", "add", self.veth + "a", "type", "veth", "peer", "name", self.veth + "b")
+        self._ip("link", "set", self.veth + "b", "netns", self.ns)
+        self._ip("addr", "add", f"{self.host}/30", "dev", self.veth + "a")
+        self._ip("link", "set", self.veth + "a", "up")
+        self._ip("link", "set", "lo", "up", inside=True)
+        self._ip("link", "set", self.veth + "b", "up", inside=True)
+        self.up()
+        self.outside.start()
+        code = ("import sys, time; from tests.tcp_proxy import TcpProxy; "
+                f"TcpProxy(('{self.host}', {self.PORT}), host='{self.side}', "
+                f"port={self.PORT}).start(); print('ready', flush=True); time.sleep(1e9)")
+        self.inside = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, sys.executable, "-c", code],
+            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE)
+        assert self.inside.stdout is not None and self.inside.stdout.readline() == b"ready\n"
+        return None
+
+    def url(self, dbname: str) -> str:
+        return f"postgresql+psycopg://postgres@{self.side}:{self.PORT}/{dbname}"
+
+    def down(self) -> None:
+        self._ip("addr", "del", f"{self.side}/30", "dev", self.veth + "b", inside=True)
+
+    def up(self) -> None:
+        self._ip("addr", "add", f"{self.side}/30", "dev", self.veth + "b", inside=True)
+
+    def close(self) -> None:
+        if self.inside is not None:
+            self.inside.kill()
+            self.inside.wait(10)
+        self.outside.stop()
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "del", self.veth + "a"], capture_output=True, check=False)
+
+
 def tmpfs(folder: Path, size: str) -> bool:
     """Mount a tmpfs of `size` on `folder`: True when it worked (root, mounts allowed)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -447,7 +517,7 @@ def run_outage(load: SmtpLoad, outage: Outage, outages: Outages, *, hold: float 
     outage.down()
     down = time.monotonic()
     if outage.lasting:
-        load.wait_answers(451, answers, since=down, timeout=max(20.0, hold + 20))
+        load.wait_answers(451, answers, since=down, timeout=max(30.0, hold + 30))
     if during is not None:
         during()
     while time.monotonic() - down < hold:

@@ -21,6 +21,7 @@ from tests.outage_load import (
     BackendKill,
     FileSizeLimit,
     Outages,
+    Partition,
     ProxyOutage,
     SmtpLoad,
     run_outage,
@@ -176,6 +177,45 @@ def test_sqlite_on_a_full_disk_under_smtp_load(own_daemon: Daemon) -> None:
         for c in load.clients:
             c.done.set()
         d.kill()
+
+
+@pytest.mark.postgres
+def test_postgresql_gone_silent_gets_451_within_seconds(own_daemon: Daemon, pg_url: str) -> None:
+    """A server that drops packets without a reset (host powered off, network partition):
+    without limits of our own a commit waited for TCP to give up (~15 minutes) and no DATA
+    got an answer within the client's 20 s. libpq's keepalives and tcp_user_timeout
+    (store.direct.PG_SILENCE_LIMITS) make it a 451 within seconds."""
+    part = Partition()
+    why = part.start()
+    try:
+        if why:
+            if os.environ.get("CI") == "true":
+                pytest.fail(why)
+            pytest.skip(why)
+        d = own_daemon
+        use_database(d, part.url(pg_url.rpartition("/")[2]))
+        listen = with_metrics(d)
+        load = SmtpLoad(d.port, clients=2, rate=6, timeout=20)
+        outages = Outages()
+        d.start()
+        load.start()
+        load.wait_answers(250, 5, since=0)
+        run_outage(load, part, outages, answers=1,
+                   during=lambda: wait_for("/healthz to fail", lambda: healthz(listen) == 503,
+                                           timeout=20))
+        load.finish(timeout=60)
+        wait_for("everything processed and sent",
+                 lambda: settled(pg_url, len(load.accepted)), timeout=30)
+        assert d.proc is not None and d.proc.poll() is None, "the daemon exited"
+        v = verdict(load, outages, pg_url, d.folder / "outbox")
+        assert v.in_outage[451] >= 1 and v.in_outage[250] == 0
+        assert v.ok, (v.summary(), v.bad_answers[:5], v.doubled[:5], v.lost[:5],
+                      v.half_stored[:5], v.acks_doubled[:5], v.acks_missing[:5])
+        assert d.stop() == 0
+    finally:
+        for c in load.clients if not why else []:
+            c.done.set()
+        part.close()
 
 @pytest.mark.postgres
 def test_the_mailbox_lock_lets_go_of_a_connection_the_server_killed(pg_url: str) -> None:
