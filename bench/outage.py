@@ -8,8 +8,10 @@ messages per second in all, each from a customer of its own, and retrying every 
 half a second later, as an MTA's queue would (tests/outage_load.py). Meanwhile:
 - PostgreSQL (behind a TCP proxy, never the machine's server itself): `--outages` times the
   proxy stops for `--hold` seconds (refused connections, established ones closed), while
-  `--imap` messages arrive in a Dovecot mailbox the daemon polls; between two of them,
-  pg_terminate_backend kills every session of the daemon (a restart that is over at once);
+  `--imap` messages arrive in a Dovecot mailbox the daemon polls; after each,
+  pg_terminate_backend kills every session of the daemon (a restart that is over at once),
+  and, with `--partition` (root: the proxy is reached across a network namespace), the
+  server goes silent for `--hold` seconds (packets dropped, no reset);
 - SQLite: `--outages` times a full disk for `--hold` seconds, alternately RLIMIT_FSIZE on the
   running daemon and, when `mount -t tmpfs` works here (root), the database on a small
   tmpfs that a filler file fills up.
@@ -47,6 +49,7 @@ from tests.outage_load import (  # noqa: E402
     FullDisk,
     Outage,
     Outages,
+    Partition,
     ProxyOutage,
     SmtpLoad,
     connect,
@@ -125,18 +128,24 @@ def run_postgresql(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     name = f"maildesk_bench_outage_{uuid.uuid4().hex[:8]}"
     admin.cursor().execute(f'CREATE DATABASE "{name}"')
     db_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    proxy = TcpProxy()
+    part: Partition | None = Partition() if args.partition else None
+    if part is not None and part.start() is not None:
+        part.close()
+        part = None
+    proxy = part.outside if part is not None else TcpProxy()
+    url = part.url(name) if part is not None else (
+        f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/{name}")
     server = None if args.imap == 0 or dovecot_missing() else start_dovecot()
     d = Daemon(work / "pg")
-    load = SmtpLoad(d.port, clients=args.clients, rate=args.rate, prefix="p")
+    load = SmtpLoad(d.port, clients=args.clients, rate=args.rate, prefix="p", timeout=30)
     try:
         d.config.write_text(d.config.read_text().replace(
-            f'url = "sqlite:///{d.folder}/maildesk.db"',
-            f'url = "postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/{name}"'))
+            f'url = "sqlite:///{d.folder}/maildesk.db"', f'url = "{url}"'))
         if server is not None:
             d.config.write_text(d.config.read_text() + mailbox_toml(
                 "hosted", server, tls="none", processed="Done", poll="2s"))
-        proxy.start()
+        if part is None:
+            proxy.start()
         d.start()
         load.start()
         load.wait_answers(250, 20, since=0)
@@ -162,6 +171,9 @@ def run_postgresql(work: Path, args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(args.hold)
             run_outage(load, kills, outages)
             time.sleep(args.hold)
+            if part is not None:
+                recover.append(run_outage(load, part, outages, hold=args.hold, answers=2))
+                time.sleep(args.hold)
         load.finish(timeout=300)
         if server is not None:
             wait_for("the mailbox emptied", lambda: not server.uids("alice", "INBOX"),
@@ -171,13 +183,16 @@ def run_postgresql(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         imap_once = sum(1 for m, e in entries.items() if m.startswith("imap-") and len(e) == 1)
         return report("postgresql", d, load, outages, db_url, recover, True, imap_sent, {
             "imap_stored_once": imap_once, "imap_flagged_while_away": flagged_while_away,
-            "sessions_killed": kills.killed,
+            "sessions_killed": kills.killed, "partitions": args.outages if part else 0,
             "log_internal_errors": d.log().count("unexpected error")})
     finally:
         for c in load.clients:
             c.done.set()
         d.kill()
-        proxy.stop()
+        if part is not None:
+            part.close()
+        else:
+            proxy.stop()
         if server is not None:
             remove(server)
         admin.cursor().execute(
@@ -240,6 +255,8 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--imap", type=int, default=20, help="messages into the mailbox (PG)")
     p.add_argument("--tmpfs", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--partition", action=argparse.BooleanOptionalAction, default=True,
+                   help="PostgreSQL also goes silent (needs root and ip netns)")
     p.add_argument("--tmpfs-size", default="24m")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
