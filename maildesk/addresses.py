@@ -160,6 +160,17 @@ def is_desk_recipient(address: str, desk_addresses: Iterable[str]) -> bool:
     return base == BOUNCE_LOCAL and "+" in local and any(_split(d)[1] == domain for d in desks)
 
 
+def is_postmaster(address: str, desk_addresses: Iterable[str]) -> bool:
+    """`postmaster` at one of the desks' domains, or bare: RFC 5321 §4.5.1 says a server
+    that delivers mail for a domain accepts it (case-insensitively). The desk takes it as
+    mail to the desk: a ticket in the default queue, which a person reads."""
+    local, domain = _split(address)
+    if not local:  # "postmaster" with no domain
+        local, domain = domain, ""
+    return local == "postmaster" and (
+        not domain or any(_split(d)[1] == domain for d in desk_addresses))
+
+
 def subject_tag(prefix: str, ticket_id: int) -> str:
     return f"[{prefix}#{ticket_id}]"
 

@@ -1,7 +1,8 @@
 """SMTP intake (SPEC §2.1, §2.8): the only importer of aiosmtpd.
 
-RCPT is accepted only for desk addresses, their `+` reply forms and the VERP bounce
-address: the server never relays. DATA is answered `250` only once the raw message is
+RCPT is accepted only for desk addresses, their `+` reply forms, the VERP bounce
+address and `postmaster` at the desks' domains (RFC 5321 §4.5.1): the server never
+relays. DATA is answered `250` only once the raw message is
 committed to the inbox; when the commit fails the answer is `451 4.3.0` and the sending
 MTA retries later. Concurrent DATA commands share one transaction ("group commit"): while
 one commit is in progress the next messages gather, and go to disk together.
@@ -21,7 +22,7 @@ from typing import Any, AnyStr
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from maildesk import metrics
-from maildesk.addresses import is_desk_recipient
+from maildesk.addresses import is_desk_recipient, is_postmaster
 from maildesk.config import Settings
 from maildesk.domain import Source
 from maildesk.identity import identity
@@ -113,7 +114,7 @@ class IntakeHandler:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         desks = self.settings.desk_addresses()
-        if not is_desk_recipient(address, desks):
+        if not (is_desk_recipient(address, desks) or is_postmaster(address, desks)):
             metrics.smtp_rejected.labels("550").inc()
             return (f"550 5.1.1 <{_printable(address)}>: no such mailbox here"
                     " (this server does not relay)")

@@ -21,6 +21,7 @@ from maildesk.agent_text import MARKER
 from maildesk.config import Settings
 from maildesk.domain import Attachment, ParsedMail
 from maildesk.outbound.render import (
+    MAX_SUBJECT,
     Headers,
     RenderError,
     Templates,
@@ -191,6 +192,9 @@ def message_context(mail: ParsedMail) -> dict[str, object]:
 
 
 def _tagged(subject: str, prefix: str, ticket_id: int) -> str:
-    """The subject with this ticket's tag, added when the template left it out."""
+    """The subject with this ticket's tag, added when the template left it out (or a long
+    subject pushed it past MAX_SUBJECT: the subject is shortened, the tag kept)."""
     tag = addresses.subject_tag(prefix, ticket_id)
-    return subject if tag.lower() in subject.lower() else f"{subject} {tag}"
+    if tag.lower() in subject[:MAX_SUBJECT].lower():
+        return subject
+    return f"{subject[:MAX_SUBJECT - len(tag) - 1].rstrip()} {tag}"
