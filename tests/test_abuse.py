@@ -20,6 +20,7 @@ from maildesk.store import inbox
 from tests.agent_helpers import ALICE, BOB
 from tests.helpers import SECRET
 from tests.test_serve import Daemon, message, processed, wait_for
+from tests.test_serve_agents import all_sent
 
 DESK = "support@example.com"
 
@@ -204,4 +205,125 @@ def test_crlf_and_10kb_values_never_reach_outgoing_headers_unfolded(daemon: Daem
             or "long id" in msg["Subject"]  # the injected line is text in the subject
         assert len(msg["Subject"]) <= 260
         assert msg["In-Reply-To"] is None or len(msg["In-Reply-To"]) < 910
+    desk.db.dispose()
+
+
+# --- stolen reply tokens ---------------------------------------------------------------------
+
+def _mail(frm: str, to: str, body: str, msgid: str, subject: str = "Re: your ticket") -> bytes:
+    msg = EmailMessage()
+    msg["From"] = frm
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{msgid}>"
+    msg.set_content(body)
+    return msg.as_bytes().replace(b"\n", b"\r\n")
+
+
+COMMANDS = "#status closed\n#priority urgent\n#tags stolen\n\nDone, closing this.\n"
+
+
+def test_a_stolen_reply_token_runs_no_command_and_verifies_nothing(daemon: Daemon) -> None:
+    d, desk = daemon, daemon.desk()
+    opened = {}
+    for who in ("tina", "tom"):
+        addr = f"{who}@customer.example"
+        assert d.send(message(frm=addr, subject=f"{who}'s printer", msgid=f"<{who}1@c.example>"),
+                      mail_from=addr)[0] == 250
+        opened[who] = wait_for(who, lambda m=f"{who}1@c.example": processed(desk, m))
+    t1, t2 = opened["tina"], opened["tom"]
+    alice_t1 = addresses.agent_reply_address(DESK, SECRET, t1, ALICE)
+    customer_t1 = addresses.reply_address(DESK, SECRET, t1)
+    alice_token = alice_t1.split("-", 1)[1].split("@")[0]
+    customer_token = customer_t1.split("-", 1)[1].split("@")[0]
+    attempts = [
+        # (From, RCPT, what it is)
+        (BOB, alice_t1, "another agent with Alice's address of #1"),
+        ("tom@customer.example", alice_t1, "a customer with Alice's address of #1"),
+        (ALICE, customer_t1, "From: Alice forged, to the customer's address of #1"),
+        (ALICE, f"support+{t2}-{alice_token}@example.com", "Alice's token of #1 on #2"),
+        (BOB, f"support+{t2}-{customer_token}@example.com", "#1's customer token on #2"),
+    ]
+    for n, (frm, rcpt, what) in enumerate(attempts):
+        raw = _mail(frm, rcpt, COMMANDS, f"steal{n}@x.example", subject=f"Re: {what}")
+        assert d.send(raw, mail_from=frm, rcpt=rcpt)[0] == 250, what
+        wait_for(what, lambda n=n: processed(desk, f"steal{n}@x.example"))
+    for t in (t1, t2):
+        view = desk.ticket(t)
+        assert view.status.value in ("new", "open") and view.priority.value == "normal", view
+        assert "stolen" not in view.tags
+    stolen = [e for t in (t1, t2) for e in desk.entries(t)
+              if (e.message_id or "").startswith("steal")]
+    assert stolen and all(not e.verified for e in stolen), [
+        (e.message_id, e.kind, e.verified) for e in stolen]
+    assert all(e.kind.value in ("note", "customer") for e in stolen)
+    # a ticket the stolen customer token named is not joined by it
+    assert [e.message_id for e in desk.entries(t2) if e.message_id == "steal4@x.example"] == []
+    wait_for("every queued message sent", lambda: all_sent(d))
+    for who in ("tina", "tom"):  # their acks only: nothing of the attempts reached them
+        got = d.mails_to(f"{who}@customer.example")
+        assert len(got) == 1 and "Done, closing" not in got[0].as_string()
+    desk.db.dispose()
+
+
+# --- hostile attachment names ----------------------------------------------------------------
+
+HOSTILE_NAMES = [  # (Content-Disposition parameters, what they name)
+    ('filename="../../etc/passwd"', "../../etc/passwd"),
+    ('filename="..\\\\..\\\\Windows\\\\win.ini"', "..\\..\\Windows\\win.ini"),
+    ('filename="CON.txt"', "CON.txt"),
+    ('filename="nul.tar.gz"', "nul.tar.gz"),
+    ('filename="LPT1"', "LPT1"),
+    ("filename*=utf-8''evil%00name%0D%0AX-Evil%3A%201.txt", "evil\x00name\r\nX-Evil: 1.txt"),
+    ('filename*0="' + "a" * 500 + '";\r\n filename*1="' + "b" * 496 + '.pdf"',
+     "a" * 500 + "b" * 496 + ".pdf"),
+    ('filename=".htaccess"', ".htaccess"),
+]
+WINDOWS_DEVICES = re.compile(r"(con|prn|aux|nul|com\d|lpt\d)(\.|$)", re.I)
+
+
+def with_attachments(frm: str, to: str, msgid: str, body: str) -> bytes:
+    parts = "".join(
+        f"--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment;"
+        f"\r\n {params}\r\nContent-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n"
+        for params, _ in HOSTILE_NAMES)
+    return (f"From: {frm}\r\nTo: {to}\r\nSubject: files\r\nMessage-ID: <{msgid}>\r\n"
+            'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+            f"--b\r\nContent-Type: text/plain\r\n\r\n{body}\r\n{parts}--b--\r\n").encode()
+
+
+def harmless(name: str) -> list[str]:
+    problems = []
+    if "/" in name or "\\" in name or name.startswith(".") or ".." in name:
+        problems.append("a path")
+    if any(ord(c) < 32 or c == "\x7f" for c in name):
+        problems.append("a control character")
+    if WINDOWS_DEVICES.match(name):
+        problems.append("a Windows device name")
+    if len(name.encode()) > 255:
+        problems.append(f"{len(name.encode())} bytes")
+    return problems
+
+
+def test_hostile_attachment_names_are_stored_and_relayed_sanitised(daemon: Daemon) -> None:
+    d, desk = daemon, daemon.desk()
+    customer = "fiona@customer.example"
+    raw = with_attachments(customer, DESK, "files1@customer.example", "see attached")
+    assert d.send(raw, mail_from=customer)[0] == 250
+    ticket = wait_for("the message", lambda: processed(desk, "files1@customer.example"))
+    entry = wait_for("its attachments", lambda: [
+        e for e in desk.entries(ticket) if e.attachments and not e.pending])[0]
+    stored = [name for name, _, _ in entry.attachments]
+    assert len(stored) == len(HOSTILE_NAMES)
+    assert {n: harmless(n) for n in stored if harmless(n)} == {}
+    assert "passwd" in stored[0] and "win.ini" in stored[1] and stored[6].endswith(".pdf")
+    # an agent sends the same files to the customer: the relay names them safely too
+    own = addresses.agent_reply_address(DESK, SECRET, ticket, ALICE)
+    raw = with_attachments(ALICE, own, "files2@agents.example.com", "Here they are back.")
+    assert d.send(raw, mail_from=ALICE, rcpt=own)[0] == 250
+    relay = wait_for("the relay", lambda: d.mails_to(customer)[1:])[0]
+    names = [p.get_filename() for p in relay.iter_attachments()]
+    assert len(names) == len(HOSTILE_NAMES) and all(names)
+    assert {n: harmless(n) for n in names if harmless(n)} == {}
+    assert relay["X-Evil"] is None and all(p["X-Evil"] is None for p in relay.iter_attachments())
     desk.db.dispose()
