@@ -9,14 +9,18 @@ import email
 import email.policy
 import re
 import smtplib
+import socket
+import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 
 from maildesk import addresses
 from maildesk.store import inbox
+from maildesk.store.tables import InboxRow, OutboxRow
 from tests.agent_helpers import ALICE, BOB
 from tests.helpers import SECRET
 from tests.test_serve import Daemon, message, processed, wait_for
@@ -52,8 +56,6 @@ def envelope_recipients(d: Daemon) -> set[str]:
     desk = d.desk()
     try:
         with desk.db.read() as s:
-            from maildesk.store.tables import OutboxRow
-            from sqlmodel import select
             rows = s.exec(select(OutboxRow)).all()
         return {a for r in rows for a in r.recipients.split(",") if a}
     finally:
@@ -326,4 +328,126 @@ def test_hostile_attachment_names_are_stored_and_relayed_sanitised(daemon: Daemo
     assert len(names) == len(HOSTILE_NAMES) and all(names)
     assert {n: harmless(n) for n in names if harmless(n)} == {}
     assert relay["X-Evil"] is None and all(p["X-Evil"] is None for p in relay.iter_attachments())
+    desk.db.dispose()
+
+
+# --- recipient and connection floods, slow clients ---------------------------------------------
+
+def test_a_thousand_recipients_in_one_session(daemon: Daemon) -> None:
+    d = daemon
+    with smtplib.SMTP("127.0.0.1", d.port, timeout=30) as smtp:
+        smtp.ehlo("flood.example")
+        smtp.mail("rita@customer.example")
+        desk_codes = [smtp.rcpt(f"support+{n}-aaaaaaaa@example.com")[0] for n in range(1000)]
+        foreign_codes = {smtp.rcpt(f"victim{n}@evil.example")[0] for n in range(1000)}
+        code, _ = smtp.data(message(frm="rita@customer.example", msgid="<rcpt1@c.example>"))
+    assert desk_codes == [250] * 100 + [452] * 900  # smtp.max_recipients, then "too many"
+    assert foreign_codes == {550} and code == 250
+    desk = d.desk()
+    wait_for("the message", lambda: processed(desk, "rcpt1@c.example"))
+    [item] = [i for i in inbox.list_items(desk.db, limit=1000) if i.message_id == "rcpt1@c.example"]
+    with desk.db.read() as s:
+        row = s.get(InboxRow, item.id)
+        assert row is not None and len(row.envelope_to.split(",")) == 100
+    desk.db.dispose()
+
+
+@pytest.fixture
+def tight(tmp_path: Path) -> Iterator[Daemon]:
+    """A daemon with 3 connections, a 3 s timeout and busy_idle_timeout 1 s."""
+    d = Daemon(tmp_path / "tight", smtp='max_connections = 3\nconnection_timeout = "3s"\n'
+                                         'busy_idle_timeout = "1s"')
+    try:
+        d.start()
+        yield d
+        assert d.stop() == 0
+    finally:
+        d.kill()
+
+
+class Raw:
+    """A raw SMTP client socket, for clients smtplib will not imitate."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.file = self.sock.makefile("rb")
+        self.banner = self.line()
+
+    def line(self) -> bytes:
+        return self.file.readline()
+
+    def say(self, text: str) -> bytes:
+        self.sock.sendall(text.encode() + b"\r\n")
+        return self.line()
+
+    def closed(self) -> bytes | None:
+        """The server's last words once it hung up, or None while it is still there."""
+        self.sock.settimeout(0.01)
+        try:
+            data = self.sock.recv(4096)
+        except TimeoutError:
+            return None
+        finally:
+            self.sock.settimeout(10)
+        return data or b"(closed)"
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def _sent(d: Daemon, raw: bytes) -> bool:
+    try:
+        return d.send(raw)[0] == 250
+    except smtplib.SMTPConnectError:
+        return False
+
+
+def test_slow_clients_never_keep_mail_out(tight: Daemon) -> None:
+    d = tight
+    noop, rset, trickle = Raw(d.port), Raw(d.port), Raw(d.port)
+    assert all(c.banner.startswith(b"220") for c in (noop, rset, trickle))
+    assert noop.say("EHLO loris.example").startswith(b"250")
+    while not noop.line().startswith(b"250 "):
+        pass
+    assert trickle.say("HELO loris.example").startswith(b"250")
+    assert trickle.say("MAIL FROM:<loris@evil.example>").startswith(b"250")
+    assert trickle.say(f"RCPT TO:<{DESK}>").startswith(b"250")
+    assert trickle.say("DATA").startswith(b"354")
+    data_started = time.monotonic()
+    assert rset.say("HELO loris.example").startswith(b"250")
+    # a full house that only idles: NOOP and MAIL/RSET keep aiosmtpd's timer from firing
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        assert noop.say("NOOP").startswith(b"250")
+        assert rset.say("MAIL FROM:<loris@evil.example>").startswith(b"250")
+        assert rset.say("RSET").startswith(b"250")
+        trickle.sock.sendall(b"X-Slow: x\r\n")
+        time.sleep(0.2)
+    # legitimate mail still gets in: each newcomer closes the idlest loris
+    assert d.send(message(msgid="<legit1@c.example>"))[0] == 250
+    assert noop.closed() == b"421 4.4.2 Idle while the server is busy, closing the connection\r\n"
+    assert rset.closed() is None  # the house was no longer full
+    filler = Raw(d.port)  # full again: a fresh client, the MAIL/RSET loris, the DATA one
+    assert d.send(message(msgid="<legit2@c.example>"))[0] == 250
+    assert rset.closed() is not None and filler.closed() is None
+    filler.close()
+    assert trickle.closed() is None  # in its DATA: not closed for a newcomer ...
+    while trickle.closed() is None:  # ... but aiosmtpd's timeout bounds the whole DATA
+        trickle.sock.sendall(b"X-Slow: x\r\n")
+        time.sleep(0.1)
+    assert 2.9 < time.monotonic() - data_started < 6
+    for c in (noop, rset, trickle):
+        c.close()
+    # a flood past max_connections: 421 beyond it, the daemon survives, mail gets in
+    flood = [Raw(d.port) for _ in range(20)]
+    greetings = [c.banner[:3] for c in flood]
+    assert greetings.count(b"220") == 3 and greetings.count(b"421") == 17, greetings
+    for c in flood:
+        c.close()
+    assert wait_for("a free slot", lambda: _sent(d, message(msgid="<legit3@c.example>")))
+    desk = d.desk()
+    for n in (1, 2, 3):
+        wait_for(f"legit {n}", lambda n=n: processed(desk, f"legit{n}@c.example"))
+    assert not [i for i in inbox.list_items(desk.db) if "evil" in (i.message_id or "")]
     desk.db.dispose()
