@@ -171,6 +171,15 @@ def is_postmaster(address: str, desk_addresses: Iterable[str]) -> bool:
         not domain or any(_split(d)[1] == domain for d in desk_addresses))
 
 
+def mailbox(address: str) -> str:
+    """The mailbox an address delivers to, for the hourly cap on automatic replies:
+    lowercased, without a `+` subaddress. `help+7-k3j9q2xa@b.example` (another help
+    desk's reply address of its ticket 7) is help@b.example's mailbox: answers to each of
+    its tickets' addresses, and to its plain address, count together (bench/abuse.py)."""
+    local, at, domain = address.strip().lower().rpartition("@")
+    return f"{local.split('+', 1)[0]}@{domain}" if at and local else address.strip().lower()
+
+
 def subject_tag(prefix: str, ticket_id: int) -> str:
     return f"[{prefix}#{ticket_id}]"
 
