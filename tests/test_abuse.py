@@ -23,7 +23,7 @@ from maildesk.store import inbox
 from maildesk.store.tables import InboxRow, OutboxRow
 from tests.agent_helpers import ALICE, BOB
 from tests.helpers import SECRET
-from tests.test_serve import Daemon, message, processed, wait_for
+from tests.test_serve import Daemon, free_port, message, processed, wait_for
 from tests.test_serve_agents import all_sent
 
 DESK = "support@example.com"
@@ -451,3 +451,87 @@ def test_slow_clients_never_keep_mail_out(tight: Daemon) -> None:
         wait_for(f"legit {n}", lambda n=n: processed(desk, f"legit{n}@c.example"))
     assert not [i for i in inbox.list_items(desk.db) if "evil" in (i.message_id or "")]
     desk.db.dispose()
+
+
+# --- two desks answering each other --------------------------------------------------------
+
+LOOP_HEADERS = re.compile(
+    rb"^(auto-submitted|x-loop|x-auto-response-suppress|precedence|in-reply-to|references|"
+    rb"thread-index|thread-topic):.*\r?\n(?:[ \t].*\r?\n)*", re.I | re.M)
+
+
+class StrippingRelay:
+    """A smarthost that hands each message on to another desk's SMTP without its loop and
+    threading headers and ticket tags, as a naive forwarder would."""
+
+    def __init__(self) -> None:
+        self.target = 0
+        self.carried = 0
+
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        raw = envelope.original_content  # type: ignore[attr-defined]
+        head, sep, body = raw.partition(b"\r\n\r\n")
+        head = re.sub(rb"\[MD#\d+\]", b"", LOOP_HEADERS.sub(b"", head + b"\r\n"))
+        try:
+            with smtplib.SMTP("127.0.0.1", self.target, timeout=30) as smtp:
+                smtp.sendmail(envelope.mail_from, envelope.rcpt_tos,  # type: ignore[attr-defined]
+                              head.rstrip(b"\r\n") + sep + body)
+        except smtplib.SMTPRecipientsRefused:
+            return "550 5.1.1 refused downstream"
+        self.carried += 1
+        return "250 OK"
+
+
+def test_two_desks_answering_everything_stop_at_the_hourly_cap(tmp_path: Path) -> None:
+    """Loop and threading headers stripped in between, and a rule on each desk answering
+    every message: only loop.max_auto_replies_per_hour (2 here) is left to stop it."""
+    from aiosmtpd.controller import Controller
+
+    relays = {k: StrippingRelay() for k in "ab"}
+    controllers = {k: Controller(r, hostname="127.0.0.1", port=free_port())
+                   for k, r in relays.items()}
+    rule = ('[loop]\nmax_auto_replies_per_hour = 2\n[[rules]]\nname = "answer all"\n'
+            '[rules.then]\nreply_template = "ack"\n')
+    desks = {k: Daemon(tmp_path / k, rule) for k in "ab"}
+    for k, d in desks.items():
+        text = d.config.read_text().replace('transport = "maildir"', (
+            f'transport = "smtp"\nhost = "127.0.0.1"\nport = {controllers[k].port}\n'
+            'tls = "none"'))
+        if k == "b":
+            text = text.replace('address = "support@example.com"',
+                                'address = "help@b.example"')
+        d.config.write_text(text)
+    relays["a"].target, relays["b"].target = desks["b"].port, desks["a"].port
+    try:
+        for c in controllers.values():
+            c.start()
+        for d in desks.values():
+            d.start()
+        start = message(frm="help@b.example", msgid="<start@b.example>", subject="Order?")
+        assert desks["a"].send(start, mail_from="help@b.example")[0] == 250
+
+        def settled() -> bool:  # A answered 3 times (the third withheld), B twice
+            return all(_quiet(d, n) for d, n in ((desks["a"], 3), (desks["b"], 2)))
+
+        wait_for("both desks to stop", settled, timeout=40)
+        assert (relays["a"].carried, relays["b"].carried) == (2, 2)
+        assert "already got 2 automatic replies this hour (counted as help@b.example)" in \
+            desks["a"].log()
+    finally:
+        for d in desks.values():
+            d.kill()
+        for c in controllers.values():
+            c.stop()
+
+
+def _quiet(d: Daemon, processed_n: int) -> bool:
+    desk = d.desk()
+    try:
+        items = inbox.list_items(desk.db)
+        with desk.db.read() as s:
+            pending = [r for r in s.exec(select(OutboxRow)).all()
+                       if r.state not in ("sent", "failed")]
+        return len(items) == processed_n and all(i.state.value == "processed" for i in items) \
+            and not pending
+    finally:
+        desk.db.dispose()

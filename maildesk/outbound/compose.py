@@ -158,7 +158,9 @@ class Composer:
             for addr in list(wanted):
                 if outbox.auto_replies_since(s, addr, since) >= cap:
                     wanted.remove(addr)
-                    withheld.append(f"{addr} already got {cap} automatic replies this hour")
+                    box = addresses.mailbox(addr)
+                    withheld.append(f"{addr} already got {cap} automatic replies this hour"
+                                    + (f" (counted as {box})" if box != addr else ""))
         return tuple(wanted), withheld
 
     def _context(self, ticket: Ticket | None, draft: Draft, to: Sequence[str]
