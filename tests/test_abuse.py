@@ -10,6 +10,7 @@ import email.policy
 import re
 import smtplib
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -505,8 +506,12 @@ def test_two_desks_answering_everything_stop_at_the_hourly_cap(tmp_path: Path) -
     try:
         for c in controllers.values():
             c.start()
-        for d in desks.values():
-            d.start()
+        starting = [threading.Thread(target=d.start) for d in desks.values()]  # at once
+        for t in starting:
+            t.start()
+        for t in starting:
+            t.join()
+        assert all(d.proc and d.proc.poll() is None for d in desks.values())
         start = message(frm="help@b.example", msgid="<start@b.example>", subject="Order?")
         assert desks["a"].send(start, mail_from="help@b.example")[0] == 250
 
