@@ -397,6 +397,9 @@ class Raw:
         self.sock.close()
 
 
+EVICTED = b"421 4.4.2 Idle while the server is busy, closing the connection\r\n"
+
+
 def _sent(d: Daemon, raw: bytes) -> bool:
     try:
         return d.send(raw)[0] == 250
@@ -427,7 +430,7 @@ def test_slow_clients_never_keep_mail_out(tight: Daemon) -> None:
         time.sleep(0.2)
     # legitimate mail still gets in: each newcomer closes the idlest loris
     assert d.send(message(msgid="<legit1@c.example>"))[0] == 250
-    assert noop.closed() == b"421 4.4.2 Idle while the server is busy, closing the connection\r\n"
+    assert noop.closed() == EVICTED
     assert rset.closed() is None  # the house was no longer full
     filler = Raw(d.port)  # full again: a fresh client, the MAIL/RSET loris, the DATA one
     assert d.send(message(msgid="<legit2@c.example>"))[0] == 250
@@ -440,6 +443,19 @@ def test_slow_clients_never_keep_mail_out(tight: Daemon) -> None:
     assert 2.9 < time.monotonic() - data_started < 6
     for c in (noop, rset, trickle):
         c.close()
+    # a client that stalls in its DATA, 100 KB sent, holds them in our memory: it is idle
+    staller = Raw(d.port)
+    for command in ("HELO loris.example", "MAIL FROM:<loris@evil.example>",
+                    f"RCPT TO:<{DESK}>", "DATA"):
+        staller.say(command)
+    staller.sock.sendall(b"Subject: stalled\r\n\r\n" + (b"y" * 998 + b"\r\n") * 100)
+    time.sleep(1.1)  # past busy_idle_timeout: nothing to wait for but the clock
+    fillers = [Raw(d.port), Raw(d.port)]  # a full house: the staller and two fresh clients
+    assert d.send(message(msgid="<legit4@c.example>"))[0] == 250
+    assert staller.closed() == EVICTED
+    assert all(f.closed() is None for f in fillers)
+    for c in (staller, *fillers):
+        c.close()
     # a flood past max_connections: 421 beyond it, the daemon survives, mail gets in
     flood = [Raw(d.port) for _ in range(20)]
     greetings = [c.banner[:3] for c in flood]
@@ -448,7 +464,7 @@ def test_slow_clients_never_keep_mail_out(tight: Daemon) -> None:
         c.close()
     assert wait_for("a free slot", lambda: _sent(d, message(msgid="<legit3@c.example>")))
     desk = d.desk()
-    for n in (1, 2, 3):
+    for n in (1, 2, 3, 4):
         wait_for(f"legit {n}", lambda n=n: processed(desk, f"legit{n}@c.example"))
     assert not [i for i in inbox.list_items(desk.db) if "evil" in (i.message_id or "")]
     desk.db.dispose()

@@ -157,9 +157,9 @@ class Smtp(_Model):
     require_tls: StrictBool = False
     auth_users_file: ExistingFile | None = None
     connection_timeout: PositiveDuration = timedelta(minutes=5)
-    # when all max_connections are taken, a new client closes the session that has gone
-    # longest without sending a message, once that is longer than this (Postfix's
-    # timeout under stress); a session in the middle of its DATA is never closed for it
+    # when all max_connections are taken, a new client closes the session idle longest
+    # (no message sent; in a DATA, no bytes received), once that is longer than this
+    # (Postfix's timeout under stress)
     busy_idle_timeout: PositiveDuration = timedelta(seconds=10)
 
     @field_validator("tls_key")

@@ -172,10 +172,12 @@ class _Connections:
     A full house does not keep new clients out while its sessions only idle: a slow-loris
     client that sends NOOP (or MAIL and RSET) every few minutes resets aiosmtpd's timeout
     forever and would hold its slot for good. So a newcomer to a full house closes the
-    session that has gone longest without sending a message (connecting counts as one),
-    once that is longer than `idle_after`; only when there is none is it refused (421).
-    A session in the middle of its DATA is never closed for it: aiosmtpd's timeout
-    (`connection_timeout`) bounds a whole DATA, as it is not reset while data arrives."""
+    session that has been idle longest, once that is longer than `idle_after`; only when
+    there is none is it refused (421). Idle is: no message sent (connecting counts as
+    one), or, in the middle of a DATA, no bytes received (a client that stalls with its
+    message half sent, holding what it sent in our memory). A DATA that keeps trickling
+    is bounded by aiosmtpd's timeout (`connection_timeout`), which counts the whole DATA:
+    it is not reset while data arrives."""
 
     def __init__(self, limit: int, idle_after: float) -> None:
         self.limit = limit
@@ -184,9 +186,8 @@ class _Connections:
 
     def idlest(self, now: float) -> DeskSMTP | None:
         """The session to close for a newcomer, or None."""
-        idle = [c for c in self.live if not c.in_data and not c.closing
-                and now - c.last_message > self.idle_after]
-        return min(idle, key=lambda c: c.last_message, default=None)
+        idle = [c for c in self.live if not c.closing and now - c.idle_since > self.idle_after]
+        return min(idle, key=lambda c: c.idle_since, default=None)
 
 
 _TOO_BIG = {
@@ -206,10 +207,19 @@ class DeskSMTP(SMTP):
         self._shut = False
         self.in_data = False
         self.last_message = time.monotonic()  # connected, or the last message accepted
+        self.last_heard = self.last_message  # the last bytes received
 
     @property
     def closing(self) -> bool:
         return self._shut
+
+    @property
+    def idle_since(self) -> float:
+        return self.last_heard if self.in_data else self.last_message
+
+    def data_received(self, data: bytes) -> None:
+        self.last_heard = time.monotonic()
+        super().data_received(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self._original_transport is None  # not the STARTTLS upgrade of a live session
@@ -230,9 +240,9 @@ class DeskSMTP(SMTP):
         if idle is None:
             return False
         metrics.smtp_rejected.labels("421").inc()
-        log.info("smtp %s: closed, no message for %.0f s while all %d connections are taken",
-                 idle.session.peer if idle.session else "?",
-                 time.monotonic() - idle.last_message, self._connections.limit)
+        log.info("smtp %s: closed, idle for %.0f s%s while all %d connections are taken",
+                 idle.session.peer if idle.session else "?", time.monotonic() - idle.idle_since,
+                 " in its DATA" if idle.in_data else "", self._connections.limit)
         idle.shut(b"421 4.4.2 Idle while the server is busy, closing the connection\r\n")
         return True
 
