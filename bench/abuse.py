@@ -14,9 +14,10 @@ pingpong  Two `maildesk serve` desks (support@a.example, help@b.example) whose s
                      a template (only loop.max_auto_replies_per_hour is left).
           Prints the messages carried until 5 s pass quietly, and the time it took.
 loris     N slow clients (default 60) against a daemon with max_connections = 50: each
-          opens a DATA and trickles a ~1 MB message at ~100 KB/s; meanwhile real mail is
-          sent. Prints the daemon's RSS before, at its peak and after, how long the lorises
-          were kept, and how legitimate mail fared.
+          opens a DATA, sends ~1 MB of it at once and stalls, so that it sits in the
+          daemon's memory; meanwhile one real message a second is sent for 40 s. Prints the
+          daemon's RSS before, at its peak and after, how long the lorises were kept, and
+          how legitimate mail fared.
 flood     N (default 500) connections opened at once against max_connections = 100,
           held for 2 s: how many got 220 and 421, whether the daemon survived, and the
           time a legitimate message took to get in during and after the flood.
@@ -243,70 +244,75 @@ def pingpong(cap: int) -> None:
 
 # --- slow-loris ---------------------------------------------------------------------------
 
-def loris(clients: int, size: int) -> None:
+def loris(clients: int, size: int, seconds: float = 40.0) -> None:
+    """Lorises that send `size` bytes of a DATA at once and then stall (what they sent
+    sits in the daemon's memory), and one legitimate message a second meanwhile."""
     with tempfile.TemporaryDirectory(prefix="maildesk-loris-") as tmp:
         desk = Desk(Path(tmp), "L", "support@example.com",
                     outbound=f'maildir = "{tmp}/outbox"',
-                    smtp="max_connections = 50\nconnection_timeout = \"20s\"")
+                    smtp="max_connections = 50\nconnection_timeout = \"30s\"")
         desk.start()
         try:
             time.sleep(1)
             before = desk.rss_mb()
             held: list[float] = []
+            refused = [0]
             lock = threading.Lock()
+            t_start = time.monotonic()
 
             def slow() -> None:
                 t0 = time.monotonic()
                 try:
-                    s = socket.create_connection(("127.0.0.1", desk.port), timeout=60)
+                    s = socket.create_connection(("127.0.0.1", desk.port), timeout=120)
                     f = s.makefile("rb")
                     if not f.readline().startswith(b"220"):
+                        with lock:
+                            refused[0] += 1
                         return
                     for cmd in (b"HELO loris.example", b"MAIL FROM:<l@evil.example>",
                                 b"RCPT TO:<support@example.com>", b"DATA"):
                         s.sendall(cmd + b"\r\n")
                         f.readline()
-                    line = b"X" * 998 + b"\r\n"
-                    for _ in range(size // len(line)):
-                        s.sendall(line * 10)  # ~10 KB every 0.1 s
-                        time.sleep(0.1)
-                    s.sendall(b".\r\n")
-                    f.readline()
+                    s.sendall(b"Subject: loris\r\n\r\n" + (b"X" * 998 + b"\r\n") * (size // 1000))
+                    f.readline()  # stall until the server hangs up
                 except OSError:
                     pass
-                finally:
-                    with lock:
-                        held.append(time.monotonic() - t0)
+                with lock:
+                    held.append(time.monotonic() - t0)
 
             threads = [threading.Thread(target=slow) for _ in range(clients)]
             for t in threads:
                 t.start()
             peak, legit = before, []
-            for n in range(30):
+            while time.monotonic() - t_start < seconds:
                 t0 = time.monotonic()
                 try:
                     with smtplib.SMTP("127.0.0.1", desk.port, timeout=30) as smtp:
-                        code = smtp.sendmail("c@customer.example", ["support@example.com"],
-                                             f"Subject: real {n}\r\n\r\nhello\r\n".encode())
-                        legit.append((not code, time.monotonic() - t0))
-                except smtplib.SMTPException:
-                    legit.append((False, time.monotonic() - t0))
+                        smtp.sendmail("c@customer.example", ["support@example.com"],
+                                      b"Subject: real\r\n\r\nhello\r\n")
+                    legit.append((t0 - t_start, time.monotonic() - t0))
+                except (smtplib.SMTPException, OSError):
+                    pass
                 peak = max(peak, desk.rss_mb())
-                time.sleep(0.5)
+                time.sleep(max(0.0, 1 - (time.monotonic() - t0)))
             for t in threads:
                 t.join()
             after = desk.rss_mb()
             hwm = desk.rss_mb("VmHWM")
-            ok = [t for good, t in legit if good]
-            print(f"slow-loris: {clients} clients trickling {size / 1e6:.1f} MB DATA at "
-                  f"~100 KB/s, max_connections 50, connection_timeout 20 s; "
-                  f"load {os.getloadavg()[0]:.2f}")
+            tries = int(seconds)
+            print(f"slow-loris: {clients} clients each sending {size / 1e6:.1f} MB of a DATA "
+                  f"and stalling; max_connections 50, connection_timeout 30 s, "
+                  f"busy_idle_timeout 10 s; load {os.getloadavg()[0]:.2f}")
             print(f"  daemon RSS {before:.0f} MB before, peak {max(peak, hwm):.0f} MB, "
                   f"{after:.0f} MB after; alive: {desk.alive()}")
-            print(f"  lorises held {statistics.median(held):.1f} s (median), "
-                  f"{max(held):.1f} s (max)")
-            print(f"  legitimate mail meanwhile: {len(ok)}/{len(legit)} accepted, "
-                  f"median {statistics.median(ok) * 1000 if ok else float('nan'):.0f} ms")
+            kept = sorted(held)
+            print(f"  {refused[0]} lorises refused at once (421); the others were held "
+                  f"{statistics.median(kept) if kept else 0:.1f} s (median), "
+                  f"{max(kept) if kept else 0:.1f} s (max)")
+            first = f"{legit[0][0]:.1f} s" if legit else "never"
+            print(f"  legitimate mail, one a second for {seconds:.0f} s: {len(legit)}/{tries} "
+                  f"accepted, the first at {first}, median "
+                  f"{statistics.median(t for _, t in legit) * 1000 if legit else 0:.0f} ms")
         finally:
             desk.stop()
 
