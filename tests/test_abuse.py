@@ -52,17 +52,6 @@ def outgoing(d: Daemon) -> list[tuple[bytes, EmailMessage]]:
     return found
 
 
-def envelope_recipients(d: Daemon) -> set[str]:
-    """Everyone the daemon ever queued mail for."""
-    desk = d.desk()
-    try:
-        with desk.db.read() as s:
-            rows = s.exec(select(OutboxRow)).all()
-        return {a for r in rows for a in r.recipients.split(",") if a}
-    finally:
-        desk.db.dispose()
-
-
 # --- open relay ------------------------------------------------------------------------------
 
 ACCEPTED = [
@@ -100,16 +89,20 @@ def test_open_relay_probes_are_refused_and_nothing_is_relayed(daemon: Daemon) ->
     assert all(codes[a][0] in (550, 553) for a in REFUSED)
     desk = d.desk()
     ticket = wait_for("the probe", lambda: processed(desk, "relay1@evil.example"))
-    [item] = [i for i in inbox.list_items(desk.db) if i.message_id == "relay1@evil.example"]
-    desk.db.dispose()
     assert ticket > 0  # postmaster's mail, like the desk's, is a ticket a person reads
-    wait_for("its mail", lambda: outgoing(d))
-    assert {a.rpartition("@")[2] for a in envelope_recipients(d)} <= {
-        "evil.example", "agents.example.com"}
-    assert "victim@evil.example" not in envelope_recipients(d)
+    [item] = [i for i in inbox.list_items(desk.db) if i.message_id == "relay1@evil.example"]
+    wait_for("its mail", lambda: all_sent(d))
+    with desk.db.read() as s:
+        row = s.get(InboxRow, item.id)
+        assert row is not None
+        stored = row.envelope_to.split(",")
+        sent = [r.recipients for r in s.exec(select(OutboxRow)).all() if r.ticket_id == ticket]
+    desk.db.dispose()
+    assert set(stored) == {"support@example.com", "billing@example.com", "postmaster",
+                           "support+42-abcdefgh@example.com", "postmaster@example.com"}
+    assert sorted(sent) == sorted(["mallory@evil.example", ALICE, BOB])  # ack, notifications
     for raw, msg in outgoing(d):
         assert "victim" not in (msg["To"] or "") + (msg["Cc"] or ""), raw[:300]
-    del item
 
 
 # --- header injection into outgoing mail ---------------------------------------------------
