@@ -549,3 +549,19 @@ def _quiet(d: Daemon, processed_n: int) -> bool:
             and not pending
     finally:
         desk.db.dispose()
+
+
+def test_an_address_longer_than_smtp_allows_gets_no_mail(daemon: Daemon) -> None:
+    """RFC 5321 §4.5.3.1.3: a path is at most 256 octets; a 300-character From still opens a
+    ticket, but nothing is queued for it (its To line, its RCPT would be refused)."""
+    d, desk = daemon, daemon.desk()
+    long_from = "l" * 300 + "@customer.example"
+    raw = message(frm=long_from, msgid="<longfrom@customer.example>", subject="long from")
+    assert d.send(raw, mail_from="lf@customer.example")[0] == 250
+    ticket = wait_for("the message", lambda: processed(desk, "longfrom@customer.example"))
+    assert ticket > 0 and desk.ticket(ticket).requester == long_from
+    wait_for("the notifications", lambda: all_sent(d))
+    with desk.db.read() as s:
+        sent = [r.recipients for r in s.exec(select(OutboxRow)).all() if r.ticket_id == ticket]
+    desk.db.dispose()
+    assert sorted(sent) == sorted([ALICE, BOB])  # no ack to an address no MTA would take

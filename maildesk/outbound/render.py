@@ -38,6 +38,7 @@ _MEDIA_TYPE = re.compile(f"{_TOKEN}/{_TOKEN}")
 MAX_SUBJECT = 250
 MAX_LINE = 78  # RFC 5322 §2.1.1: lines SHOULD stay within 78 characters; fold at spaces
 MAX_MSG_ID = 900  # longer ids are dropped: "In-Reply-To: <id>" must fit the 998 limit
+MAX_ADDRESS = 254  # RFC 5321 §4.5.3.1.3: a path is at most 256 octets with its brackets
 MAX_REFERENCES = 20  # keep the newest ids: long chains make headers clients truncate anyway
 FILETIME_EPOCH = 116444736000000000  # 1601-01-01 to 1970-01-01 in 100 ns units
 
@@ -116,9 +117,10 @@ def header_text(value: str, limit: int = MAX_SUBJECT) -> str:
 
 
 def safe_address(value: str) -> str | None:
-    """A bare address usable in a header and an SMTP envelope, or None."""
+    """A bare address usable in a header and an SMTP envelope (one a relay will take:
+    at most MAX_ADDRESS characters), or None."""
     value = value.strip()
-    return value if _ADDRESS.fullmatch(value) else None
+    return value if len(value) <= MAX_ADDRESS and _ADDRESS.fullmatch(value) else None
 
 
 def new_message_id(domain: str) -> str:
