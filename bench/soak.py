@@ -77,7 +77,7 @@ def sender(port: int, rate: float, connections: int, until: float, counts: Count
                 j = next(next_j)
                 raw = next(stream)
             at = start + j / rate
-            if at > until:
+            if at > until or time.time() > until:  # behind the pace: the clock still ends it
                 break
             time.sleep(max(0.0, at - time.time()))
             try:
