@@ -204,8 +204,8 @@ class OutboxRow(SQLModel, table=True):
 
 
 class AutoReplyRow(SQLModel, table=True):
-    """One automatic message to one address: the hourly cap counts these (an index
-    range scan, however large the outbox grows)."""
+    """One automatic message to one mailbox (`addresses.mailbox`): the hourly cap counts
+    these (an index range scan, however large the outbox grows)."""
 
     __tablename__ = "auto_reply"
     __table_args__ = (Index("ix_auto_reply_address_at", "address", "created_at"),)
