@@ -65,7 +65,7 @@ class Tally:
     states: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     broken: list[tuple[str, str]] = field(default_factory=list)  # (input, what)
-    times: list[tuple[float, float, float, str]] = field(default_factory=list)
+    times: list[tuple[float, float, float, float, str]] = field(default_factory=list)
     rss_jumps: list[tuple[int, str]] = field(default_factory=list)
 
     def add(self, name: str, r: Result | None, seconds: float, rss_before: int) -> None:
@@ -80,7 +80,7 @@ class Tally:
         if r.crash:
             self.broken.append((name, r.crash))
         self.broken += [(name, p) for p in r.problems]
-        self.times.append((r.seconds, r.process_s, r.send_s, name))
+        self.times.append((r.seconds, r.process_s, r.send_s, r.cpu_s, name))
         self.rss_jumps.append((_rss_kib() - rss_before, name))
 
 
@@ -153,13 +153,18 @@ def report(t: Tally, elapsed: float) -> None:
     print(f"broken promises: {len(t.broken)}")
     for name, what in t.broken[:30]:
         print(f"  {name}: {what}")
-    print("slowest inputs (total = process + send):")
-    for total, process, send, name in sorted(t.times, reverse=True)[:8]:
-        print(f"  {total * 1000:8.1f} ms = {process * 1000:8.1f} + {send * 1000:6.1f}  {name}")
-    times = sorted(x[0] for x in t.times)
-    if times:
-        print(f"median {times[len(times) // 2] * 1000:.1f} ms, "
-              f"p99 {times[int(len(times) * 0.99)] * 1000:.1f} ms per input")
+    print("slowest inputs (wall = process + send; CPU):")
+    for total, process, send, cpu, name in sorted(t.times, reverse=True)[:8]:
+        print(f"  {total * 1000:8.1f} ms = {process * 1000:8.1f} + {send * 1000:6.1f}"
+              f"  CPU {cpu * 1000:7.1f} ms  {name}")
+    cpu, name = max((x[3], x[4]) for x in t.times) if t.times else (0.0, "-")
+    print(f"most CPU: {cpu * 1000:.1f} ms  {name}")
+    for label, column in (("wall", 0), ("CPU", 3)):
+        times = sorted(x[column] for x in t.times)
+        if times:
+            print(f"{label}: median {times[len(times) // 2] * 1000:.1f} ms, "
+                  f"p99 {times[int(len(times) * 0.99)] * 1000:.1f} ms, "
+                  f"max {times[-1] * 1000:.1f} ms per input")
     jumps = sorted(t.rss_jumps, reverse=True)[:3]
     print(f"max RSS: {_rss_kib() / 1024:.0f} MiB; grown most by: "
           + "; ".join(f"{name} (+{kib / 1024:.0f} MiB)" for kib, name in jumps if kib > 0))

@@ -445,6 +445,7 @@ class Result:
     ticket: int | None = None
     process_s: float = 0.0  # store in the inbox, process, follow up
     send_s: float = 0.0  # render was done in processing; this is the sender's drain
+    cpu_s: float = 0.0  # CPU time of both (the machine is shared: wall time is noisy)
     sent: int = 0
     crash: str | None = None  # an exception out of processing or sending
     problems: list[str] = field(default_factory=list)
@@ -523,6 +524,7 @@ class Harness:
     def run(self, raw: bytes, *, envelope_from: str | None = "carol@customer.example"
             ) -> Result:
         result = Result()
+        cpu = time.process_time()
         with _watching() as errors:
             started = time.perf_counter()
             try:
@@ -543,6 +545,7 @@ class Harness:
                 return result
             finally:
                 result.send_s = time.perf_counter() - started
+                result.cpu_s = time.process_time() - cpu
             result.sent = drained.sent
         result.problems += [f"logged {line}" for line in errors.lines]
         if drained.failed or drained.retried:

@@ -114,9 +114,10 @@ def header_text(value: str, limit: int = MAX_SUBJECT) -> str:
 
 
 def safe_address(value: str) -> str | None:
-    """A bare address usable in a header and an SMTP envelope, or None."""
+    """A bare address usable in a header and an SMTP envelope, or None: printable ASCII
+    only (we speak no SMTPUTF8, and a header is written as ASCII)."""
     value = value.strip()
-    return value if _ADDRESS.fullmatch(value) else None
+    return value if value.isascii() and _ADDRESS.fullmatch(value) else None
 
 
 def new_message_id(domain: str) -> str:
