@@ -447,6 +447,7 @@ class Result:
     send_s: float = 0.0  # render was done in processing; this is the sender's drain
     cpu_s: float = 0.0  # CPU time of both (the machine is shared: wall time is noisy)
     sent: int = 0
+    outgoing: list[tuple[str, bytes]] = field(default_factory=list)  # (template, raw)
     crash: str | None = None  # an exception out of processing or sending
     problems: list[str] = field(default_factory=list)
 
@@ -525,6 +526,7 @@ class Harness:
             ) -> Result:
         result = Result()
         cpu = time.process_time()
+        last_outbox = self._last_outbox_id()
         with _watching() as errors:
             started = time.perf_counter()
             try:
@@ -554,6 +556,7 @@ class Harness:
         assert item is not None
         result.state, result.reason, result.ticket = item.state.value, item.reason, item.ticket_id
         result.problems += self._state_problems(result)
+        result.outgoing = self._outbox_since(last_outbox)
         if deferred.count(self.desk.db):
             result.problems.append("a follow-up was left behind")
         for path in set(self._maildir_files()) - before:
@@ -581,8 +584,15 @@ class Harness:
     def _maildir_files(self) -> list[Path]:
         return list((self.maildir / "new").glob("*"))
 
-    def outbox_rows(self) -> int:
-        return len(outbox.list_items(self.desk.db))
+    def _last_outbox_id(self) -> int:
+        items = outbox.list_items(self.desk.db, limit=1)
+        return items[0].id if items else 0
+
+    def _outbox_since(self, last_id: int) -> list[tuple[str, bytes]]:
+        with self.desk.db.read_raw() as r:
+            rows = r.rows("SELECT template, raw FROM outbox WHERE id > ? ORDER BY id",
+                          (last_id,))
+            return [(str(t), bytes(raw)) for t, raw in rows]
 
 
 def _readable_problems(name: str, data: bytes) -> list[str]:
