@@ -144,8 +144,8 @@ def test_injected_headers_in_subject_and_names_stay_text(fresh: Harness) -> None
 def test_a_daemon_takes_hostile_mail_over_smtp_and_stays_up(tmp_path: Path) -> None:
     rnd = random.Random(13)
     names = sorted(CORPUS)
-    inputs = [EXTREMES[n]() for n in ("parts_10k", "nested_multipart_1000", "subject_200k",
-                                      "header_line_200k", "quote_ladder")]
+    inputs = [EXTREMES[n]() for n in ("parts_10k", "nested_multipart_1000",
+                                      "nested_rfc822_1000", "subject_200k_encoded")]
     inputs += [mutate(CORPUS[rnd.choice(names)], rnd.sample(sorted(MUTATIONS), 2), rnd)
                for _ in range(15)]
     inputs.append(_plain(From="Jürgen <jürgen@example.org>").replace(
@@ -155,9 +155,13 @@ def test_a_daemon_takes_hostile_mail_over_smtp_and_stays_up(tmp_path: Path) -> N
     try:
         accepted = 0
         for raw in inputs:
-            code, text = daemon.send(raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
-            assert code in (250, 550, 552, 554), (code, text)  # stored, or refused cleanly
-            accepted += code == 250
+            raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            code, text = daemon.send(raw)
+            if code == 500:  # aiosmtpd's RFC 5321 limit: a 5xx, so the sender is told
+                assert max(map(len, raw.split(b"\r\n"))) > 998, text
+                continue
+            assert code == 250, (code, text)
+            accepted += 1
         desk = daemon.desk()
         try:
             def settled() -> list[inbox.InboxItem] | None:
