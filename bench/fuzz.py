@@ -108,6 +108,9 @@ class Runner:
         finally:
             signal.alarm(0)
         self.tally.add(name, result, time.perf_counter() - started, rss)
+        if self.tally.count % 500 == 0:
+            print(f"... {self.tally.count} inputs, {len(self.tally.broken)} broken",
+                  file=sys.stderr, flush=True)
 
     def close(self) -> None:
         for desk in self.desks:
