@@ -15,6 +15,7 @@ from __future__ import annotations
 import email
 import email.policy
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from maildesk.domain import InboxState
+from maildesk.parse import parse_message
 from maildesk.store import inbox
 from tests.fuzz_mail import EXTREMES, MUTATIONS, Harness, Result, corpus_messages, mutate
 from tests.fuzz_mail import header_problems as outgoing_header_problems
@@ -122,6 +124,19 @@ def test_a_20_mb_body_is_clipped_for_the_entry_and_the_notifications(fresh: Harn
     assert entry.body.startswith("word word") and len(entry.body) < 600_000
     assert entry.body.endswith("characters; the whole message is kept as received]")
     assert r.outgoing and all(len(raw) < 1_000_000 for _, raw in r.outgoing)
+
+
+@pytest.mark.parametrize(("case", "cpu_limit"), [
+    ("nested_multipart_1000", 0.3),  # was 1.3 s: both parsers, quadratic, then RecursionError
+    ("parts_10k", 0.7),  # was 1.0 s in mail-parser's walk, 2.6 s through the pipeline
+])
+def test_deep_and_wide_mime_is_read_in_bounded_time(case: str, cpu_limit: float) -> None:
+    raw = EXTREMES[case]()
+    started = time.process_time()
+    mail = parse_message(raw)
+    assert time.process_time() - started < cpu_limit
+    assert mail.from_addr == "carol@customer.example" and mail.subject
+    assert len(mail.attachments) <= 1000 and mail.text
 
 
 def test_injected_headers_in_subject_and_names_stay_text(fresh: Harness) -> None:
