@@ -183,6 +183,7 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.CRITICAL)  # the harness collects errors itself
     signal.signal(signal.SIGALRM, _alarm)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped: report what ran
     corpus = corpus_messages()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="maildesk-fuzz-") as tmp:
@@ -197,6 +198,8 @@ def main() -> int:
                 for name, build in EXTREMES.items():
                     if not args.only or args.only in name:
                         runner.feed(name, build())
+        except KeyboardInterrupt:
+            print("stopped early: the figures below are of the inputs that ran")
         finally:
             runner.close()
     report(runner.tally, time.perf_counter() - started)

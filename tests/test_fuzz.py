@@ -139,6 +139,27 @@ def test_deep_and_wide_mime_is_read_in_bounded_time(case: str, cpu_limit: float)
     assert len(mail.attachments) <= 1000 and mail.text
 
 
+def test_big_messages_are_read_whole_a_few_at_a_time(
+        fresh: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A follow-up batch held up to 64 parsed messages at once: 64 of 20 MB took GBs."""
+    from maildesk import pipeline
+    from maildesk.domain import Source
+    from maildesk.identity import content_hash, header_message_id
+    from maildesk.store import deferred
+
+    monkeypatch.setattr(pipeline, "FOLLOW_UP_BYTES", 250_000)  # stands for 32 MiB
+    db = fresh.desk.db
+    raws = [_plain(Subject=f"big {i}", **{"Message-ID": f"<big{i}@fuzz>"}).replace(
+        b"Hello.", b"word " * 20_000) for i in range(3)]  # 100 KB each
+    ids = [inbox.add(db, inbox.new_row(raw, source=Source.SMTP, message_id=header_message_id(
+        raw), content_hash=content_hash(raw))) for raw in raws]
+    fresh.desk.pipeline.process_batch(ids)
+    assert deferred.count(db) == 3
+    assert [fresh.desk.pipeline.follow_up(limit=64) for _ in range(3)] == [2, 1, 0]
+    assert all(e.body.startswith("word word") for i in ids
+               for e in fresh.desk.entries(inbox.get(db, i).ticket_id))  # type: ignore[union-attr]
+
+
 def test_injected_headers_in_subject_and_names_stay_text(fresh: Harness) -> None:
     raw = (b"From: =?utf-8?q?Eve=0D=0ABcc:_victim@example.org?= <eve@customer.example>\r\n"
            b"To: support@example.com\r\n"
