@@ -107,7 +107,10 @@ class Runner:
             result = None
         finally:
             signal.alarm(0)
+        broken = len(self.tally.broken)
         self.tally.add(name, result, time.perf_counter() - started, rss)
+        for what in self.tally.broken[broken:]:
+            print(f"broken: {what[0]}: {what[1]}", file=sys.stderr, flush=True)
         if self.tally.count % 500 == 0:
             print(f"... {self.tally.count} inputs, {len(self.tally.broken)} broken",
                   file=sys.stderr, flush=True)
