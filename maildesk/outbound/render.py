@@ -117,10 +117,12 @@ def header_text(value: str, limit: int = MAX_SUBJECT) -> str:
 
 
 def safe_address(value: str) -> str | None:
-    """A bare address usable in a header and an SMTP envelope (one a relay will take:
-    at most MAX_ADDRESS characters), or None."""
+    """A bare address usable in a header and an SMTP envelope, or None: printable ASCII
+    only (we speak no SMTPUTF8, and a header is written as ASCII), at most MAX_ADDRESS
+    characters (what a relay will take)."""
     value = value.strip()
-    return value if len(value) <= MAX_ADDRESS and _ADDRESS.fullmatch(value) else None
+    return value if (len(value) <= MAX_ADDRESS and value.isascii()
+                     and _ADDRESS.fullmatch(value)) else None
 
 
 def new_message_id(domain: str) -> str:
