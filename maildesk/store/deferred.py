@@ -54,18 +54,30 @@ def pending(db: Database, limit: int) -> list[int]:
             "SELECT inbox_id FROM deferred ORDER BY inbox_id LIMIT ?", (limit,))]
 
 
+def lock_pending(s: Session, limit: int) -> list[int]:
+    """PostgreSQL: inbox ids of up to `limit` follow-ups, oldest first, that no other
+    transaction holds, locked by this one until it ends (FOR UPDATE SKIP LOCKED): several
+    nodes looking at once each get rows of their own."""
+    return [i for (i,) in raw(s).rows(
+        "SELECT inbox_id FROM deferred ORDER BY inbox_id LIMIT ? FOR UPDATE SKIP LOCKED",
+        (limit,))]
+
+
 def take(s: Session, inbox_ids: Sequence[int]) -> list[Deferred]:
     """Those of `inbox_ids` still to do, oldest first (another node or an `ingest`
-    next to the daemon may have done some meanwhile)."""
+    next to the daemon may have done some meanwhile). On PostgreSQL it locks them and
+    skips those another node's transaction holds (`lock_pending`): that node does them,
+    and a transaction holding the processing lock never waits for one that wants it."""
     if not inbox_ids:
         return []
-    rows = raw(s).rows(
+    r = raw(s)
+    rows = r.rows(
         "SELECT d.inbox_id, d.entry_id, e.ticket_id, e.kind, e.thread_rule, e.thread_reason,"
         " d.new_ticket, d.reply_templates, d.notify, i.envelope_from, i.envelope_to"
         " FROM deferred d JOIN entry e ON e.id = d.entry_id"
         " JOIN inbox i ON i.id = d.inbox_id"
-        f" WHERE d.inbox_id IN ({placeholders(len(inbox_ids))}) ORDER BY d.inbox_id",
-        inbox_ids)
+        f" WHERE d.inbox_id IN ({placeholders(len(inbox_ids))}) ORDER BY d.inbox_id"
+        + ("" if r.sqlite else " FOR UPDATE OF d SKIP LOCKED"), inbox_ids)
     return [Deferred(
         inbox_id=inbox_id, entry_id=entry_id, ticket_id=ticket_id, entry_kind=kind,
         thread_rule=rule, thread_reason=reason, new_ticket=bool(new_ticket),
