@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session
 
-from maildesk.store import inbox
+from maildesk.store import direct, inbox
 from maildesk.store.db import Database, StoreUnavailable
 from maildesk.store.inbox import utcnow
 from maildesk.store.raw import placeholders, raw
@@ -135,7 +135,9 @@ class MailboxLock:
         if self._conn is not None:
             return self.held()
         try:
-            self._engine = self._engine or create_engine(self._url, poolclass=NullPool)
+            url = self._url  # direct.connect: keepalives, so a dead host's lock is freed
+            self._engine = self._engine or create_engine(
+                url, poolclass=NullPool, creator=lambda: direct.connect(url, timeout=5))
             conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:a, :b)"),
                                     {"a": self._key[0], "b": self._key[1]}).scalar())
