@@ -1,0 +1,201 @@
+"""Several nodes on one PostgreSQL (SPEC §5): three real `maildesk serve` processes, each
+with its SMTP port and metrics port, on one scratch database and one Maildir outbox.
+
+Mail sent to all three lands on the right tickets once (the replies of one conversation go
+to different nodes), and when the node that runs the scheduled jobs is killed (SIGKILL:
+no goodbye to PostgreSQL), another one takes the jobs over and sends every SLA reminder
+and breach, none twice."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from maildesk.scheduler import LEADER_POLL, Scheduler
+from maildesk.store import inbox, outbox
+from maildesk.store.leader import AdvisoryLeader
+from tests.helpers import Desk
+from tests.sla_desk import SlaDesk
+from tests.test_serve import Daemon, free_port, message, wait_for
+
+pytestmark = pytest.mark.postgres
+
+ALICE, LEAD = "alice@agents.example.com", "lead@agents.example.com"
+CONVERSATIONS = 12
+REMIND_AFTER = 8  # seconds from a ticket's creation to its reminder; the breach 6 s later
+NODE = """
+[[rules]]
+name = "all to alice"
+[rules.then]
+assignee = "alice@agents.example.com"
+
+[[sla]]
+name = "fast"
+first_response = "{due}s"
+remind_before = "6s"
+business_hours = "Mon-Sun 00:00-24:00"
+escalate_to = ["lead@agents.example.com"]
+
+[scheduler]
+interval = "1s"
+digest_at = ""
+
+[metrics]
+listen = "127.0.0.1:{metrics}"
+"""
+
+
+class Node(Daemon):
+    """A `maildesk serve` of the cluster: the shared database and outbox, its own ports."""
+
+    def __init__(self, folder: Path, pg_url: str, maildir: Path) -> None:
+        self.metrics = free_port()
+        super().__init__(folder, NODE.format(due=REMIND_AFTER + 6, metrics=self.metrics))
+        self.config.write_text(self.config.read_text()
+                               .replace(f"sqlite:///{folder}/maildesk.db", pg_url)
+                               .replace(str(folder / "outbox"), str(maildir)))
+        self.maildir = maildir / "new"
+
+    def leads(self) -> bool:
+        """What the node's metrics say: does it run the scheduled jobs?"""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/metrics", timeout=5) as r:
+            return "maildesk_scheduler_leader 1.0" in r.read().decode()
+
+
+def conversation(c: int) -> list[bytes]:
+    """A customer's first message and two replies, each naming what came before."""
+    frm, subject = f"Customer {c} <cust{c}@customer.example>", f"Order {c} has not arrived"
+    ids = [f"<c{c}-{k}@customer.example>" for k in range(3)]
+    return [message(frm=frm, subject=("Re: " if k else "") + subject, msgid=ids[k],
+                    in_reply_to=ids[k - 1] if k else None, references=ids[:k] or None,
+                    body=f"Message {k} about order {c}.\n") for k in range(3)]
+
+
+def send_all(node: Node, mail: list[bytes]) -> list[int]:
+    return [node.send(raw, mail_from="customer@customer.example")[0] for raw in mail]
+
+
+def test_three_nodes_share_the_mail_and_the_jobs_survive_the_leader(
+    tmp_path: Path, pg_url: str
+) -> None:
+    maildir = tmp_path / "outbox"
+    nodes = [Node(tmp_path / f"node{n}", pg_url, maildir) for n in range(3)]
+    try:
+        with ThreadPoolExecutor(3) as pool:  # started together, on an empty database
+            list(pool.map(lambda n: n.start(), nodes))
+        desk = Desk.open(nodes[0].config)
+        mail = [conversation(c) for c in range(CONVERSATIONS)]
+        # Round k sends every conversation's message k at once, over the three nodes: the
+        # first message of conversation c to node c % 3, its replies to the two others.
+        # An MTA that retries also hands conversation 0's first message to a second node.
+        for k in range(3):
+            todo: dict[int, list[bytes]] = {n: [] for n in range(3)}
+            for c in range(CONVERSATIONS):
+                todo[(c + k) % 3].append(mail[c][k])
+            if k == 0:
+                todo[1].append(mail[0][0])
+            with ThreadPoolExecutor(3) as pool:
+                codes = [code for sent in pool.map(lambda n: send_all(nodes[n], todo[n]), todo)
+                         for code in sent]
+            assert codes == [250] * sum(map(len, todo.values()))
+        created = time.monotonic()
+
+        def settled() -> bool:
+            items = inbox.list_items(desk.db, limit=1000)
+            return (len(items) == 3 * CONVERSATIONS + 1
+                    and all(i.state.value != "queued" for i in items)
+                    and all(o.state == "sent" for o in outbox.list_items(desk.db)))
+        wait_for("every message processed and its mail sent", settled, timeout=30)
+
+        # each conversation is one ticket with its three messages, each stored once
+        items = {i.message_id: i for i in inbox.list_items(desk.db, limit=1000)
+                 if i.state.value == "processed"}
+        states = Counter(i.state.value for i in inbox.list_items(desk.db, limit=1000))
+        assert states == {"processed": 3 * CONVERSATIONS, "duplicate": 1}, states
+        tickets = {c: {items[f"c{c}-{k}@customer.example"].ticket_id for k in range(3)}
+                   for c in range(CONVERSATIONS)}
+        assert all(len(t) == 1 for t in tickets.values()), tickets
+        assert len(desk.tickets()) == CONVERSATIONS
+        for c, (ticket,) in tickets.items():
+            assert ticket is not None
+            entries = desk.entries(ticket)
+            assert sorted(e.message_id for e in entries) == [
+                f"c{c}-{k}@customer.example" for k in range(3)], (c, entries)
+            [ack] = nodes[0].mails_to(f"cust{c}@customer.example")  # one ack, not one a node
+            assert f"[MD#{ticket}]" in ack["Subject"]
+
+        # kill -9 the leader: another node leads within 30 s and sends every reminder and
+        # breach (all due after the kill), each once
+        [leader] = wait_for("one leader", lambda: [n for n in nodes if n.leads()] or None)
+        assert time.monotonic() - created < REMIND_AFTER, "too slow: reminders came first"
+        leader.stop(signal.SIGKILL)
+        killed = time.monotonic()
+        survivors = [n for n in nodes if n is not leader]
+        [heir] = wait_for("a new leader", lambda: [n for n in survivors if n.leads()] or None,
+                          timeout=30)
+        assert time.monotonic() - killed < 30
+        subjects = {c: re.compile(rf"\[MD#{t}\]") for c, (t,) in tickets.items()}
+
+        def sla_mail(to: str, what: str) -> Counter[int]:
+            return Counter(c for m in heir.mails_to(to) if what in m["Subject"]
+                           for c, tag in subjects.items() if tag.search(m["Subject"]))
+        wait_for("every breach", lambda: len(sla_mail(LEAD, "SLA breached")) == CONVERSATIONS,
+                 timeout=REMIND_AFTER + 6 + 30)
+        time.sleep(1.5)  # a second scanner would have ticked by now: nothing more comes
+        everyone = dict.fromkeys(range(CONVERSATIONS), 1)
+        assert sla_mail(ALICE, "Due soon") == everyone
+        assert sla_mail(ALICE, "SLA breached") == everyone
+        assert sla_mail(LEAD, "SLA breached") == everyone
+        desk.db.dispose()
+        for n in survivors:
+            assert n.stop() == 0
+    finally:
+        for n in nodes:
+            n.kill()
+
+
+def test_a_node_that_does_not_lead_asks_again_between_ticks(tmp_path: Path, pg_url: str
+                                                            ) -> None:
+    """With the default 30 s interval, a follower asks every LEADER_POLL and takes the jobs
+    over that soon, not at its next tick (SPEC §5: within 30 s of the leader's death)."""
+    sd = SlaDesk.open(tmp_path, pg_url)
+    other = AdvisoryLeader(pg_url)
+    mine = Asked(AdvisoryLeader(pg_url))
+    scheduler = Scheduler(sd.desk.settings, sd.desk.db, leader=mine)
+    try:
+        assert scheduler.interval.total_seconds() == 30
+        assert other.leads()
+        scheduler.start()
+        wait_for("the first tick", lambda: mine.answers == [False])
+        other.close()
+        gone = time.monotonic()
+        wait_for("the takeover", lambda: True in mine.answers,
+                 timeout=LEADER_POLL.total_seconds() + 3)
+        assert time.monotonic() - gone < 30
+    finally:
+        scheduler.stop()
+        other.close()
+        sd.close()
+
+
+class Asked:
+    """A leadership that notes each answer it gave."""
+
+    def __init__(self, inner: AdvisoryLeader) -> None:
+        self.inner = inner
+        self.answers: list[bool] = []
+
+    def leads(self) -> bool:
+        led = self.inner.leads()
+        self.answers.append(led)
+        return led
+
+    def close(self) -> None:
+        self.inner.close()
