@@ -102,7 +102,7 @@ def test_three_nodes_share_the_mail_and_the_jobs_survive_the_leader(
             if k == 0:
                 todo[1].append(mail[0][0])
             with ThreadPoolExecutor(3) as pool:
-                codes = [code for sent in pool.map(lambda n: send_all(nodes[n], todo[n]), todo)
+                codes = [code for sent in pool.map(send_all, nodes, todo.values())
                          for code in sent]
             assert codes == [250] * sum(map(len, todo.values()))
         created = time.monotonic()
