@@ -18,10 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from maildesk import pipeline
+from maildesk.domain import Source
+from maildesk.identity import content_hash, header_message_id
 from maildesk.scheduler import LEADER_POLL, Scheduler
-from maildesk.store import inbox, outbox
+from maildesk.store import deferred, inbox, outbox
 from maildesk.store.leader import AdvisoryLeader
-from tests.helpers import Desk
+from tests.helpers import Desk, write_config
 from tests.sla_desk import SlaDesk
 from tests.test_serve import Daemon, free_port, message, wait_for
 
@@ -159,6 +162,43 @@ def test_three_nodes_share_the_mail_and_the_jobs_survive_the_leader(
     finally:
         for n in nodes:
             n.kill()
+
+
+def test_each_follow_up_is_read_whole_by_one_node(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two nodes' pipelines look for follow-ups at once: each message is parsed whole by
+    one of them (not by both, one in vain), and its mail is queued once."""
+    config = write_config(tmp_path, pg_url)
+    a, b = Desk.open(config), Desk.open(config)
+    raws = [message(frm=f"cust{k}@customer.example", subject=f"Order {k} is late",
+                    msgid=f"<f{k}@customer.example>") for k in range(48)]
+    ids = inbox.add_many(a.db, [inbox.new_row(
+        r, source=Source.SMTP, message_id=header_message_id(r), content_hash=content_hash(r),
+        envelope_to=("support@example.com",)) for r in raws])
+    a.pipeline.process_batch(ids)  # stored from the headers: 48 follow-ups wait
+    assert deferred.count(a.db) == 48
+    parsed: Counter[str | None] = Counter()
+    real = pipeline.parse_message
+
+    def parse_message(raw: bytes):  # type: ignore[no-untyped-def]
+        parsed[header_message_id(raw)] += 1
+        return real(raw)
+
+    monkeypatch.setattr(pipeline, "parse_message", parse_message)
+
+    def node(desk: Desk) -> None:
+        while deferred.count(desk.db):
+            desk.pipeline.follow_up(limit=8)
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(node, [a, b]))
+    assert parsed == {f"f{k}@customer.example": 1 for k in range(48)}
+    acks = Counter(o.recipients for o in outbox.list_items(a.db, limit=1000)
+                   if o.template == "ack")
+    assert acks == {(f"cust{k}@customer.example",): 1 for k in range(48)}
+    a.db.dispose()
+    b.db.dispose()
 
 
 def test_a_node_that_does_not_lead_asks_again_between_ticks(tmp_path: Path, pg_url: str
