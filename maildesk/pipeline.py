@@ -187,12 +187,10 @@ class Pipeline:
         `inbox_ids`, else the oldest `limit`), fill in their entries' body and
         attachments and queue their outgoing mail, in one write transaction. Returns
         how many it did; 0 when none was waiting."""
-        if inbox_ids is None and not self.db.is_sqlite:
-            return self._follow_up_claimed(limit)
         ids = list(inbox_ids) if inbox_ids is not None else deferred.pending(self.db, limit)
         if not ids:
             return 0
-        mails = self._read_whole(ids)
+        mails = {i: parse_message(raw) for i, raw in inbox.load_raw(self.db, ids).items()}
         try:
             return self._follow_up_batch(mails, isolate=False)
         except StoreUnavailable:
@@ -200,32 +198,6 @@ class Pipeline:
         except Exception:
             log.warning("a follow-up of the batch failed; doing them one by one")
             return self._follow_up_batch(mails, isolate=True)
-
-    def _follow_up_claimed(self, limit: int) -> int:
-        """`follow_up` on PostgreSQL, where several nodes look for follow-ups at once: the
-        oldest ones no other node is working on, row-locked (SKIP LOCKED) by the one
-        transaction that reads them whole and does them, so each message is parsed by one
-        node only (a plain read would give every idle node the same oldest rows to parse,
-        all but one in vain), and a node that dies frees its rows with its connection."""
-        mails: dict[int, ParsedMail] = {}
-        try:
-            with self.db.write(durable=False) as s:
-                ids = deferred.lock_pending(s, limit)
-                if not ids:
-                    return 0
-                mails = self._read_whole(ids)  # before the processing lock: in parallel
-                self.db.lock_threading(s)
-                return self._follow_up_in(s, mails, isolate=False)
-        except StoreUnavailable:
-            raise
-        except Exception:
-            if not mails:
-                raise
-            log.warning("a follow-up of the batch failed; doing them one by one")
-            return self._follow_up_batch(mails, isolate=True)
-
-    def _read_whole(self, ids: Sequence[int]) -> dict[int, ParsedMail]:
-        return {i: parse_message(raw) for i, raw in inbox.load_raw(self.db, ids).items()}
 
     def _store_batch(
         self, parsed: dict[int, ParsedMail], raws: dict[int, bytes], failures: dict[int, str],
@@ -256,29 +228,26 @@ class Pipeline:
         return outcomes
 
     def _follow_up_batch(self, mails: dict[int, ParsedMail], *, isolate: bool) -> int:
+        done = 0
         with self.db.write(durable=False) as s:
             self.db.lock_threading(s)
-            return self._follow_up_in(s, mails, isolate=isolate)
-
-    def _follow_up_in(self, s: Session, mails: dict[int, ParsedMail], *, isolate: bool) -> int:
-        done = 0
-        for item in deferred.take(s, list(mails)):
-            mail = mails[item.inbox_id]
-            if not isolate:
-                self._follow_up_one(s, item, mail)
-                done += 1
-                continue
-            try:
-                with savepoint(s):
+            for item in deferred.take(s, list(mails)):
+                mail = mails[item.inbox_id]
+                if not isolate:
                     self._follow_up_one(s, item, mail)
-            except Exception:  # the mail is lost to a bug, never the message
-                log.exception("inbox %s (%s): outgoing mail failed; the entry is kept",
-                              item.inbox_id, mail.message_id, extra=about(
-                                  inbox=item.inbox_id, message_id=mail.message_id,
-                                  ticket=item.ticket_id))
-                with savepoint(s):
-                    self._fill_in(s, item, mail)
-            done += 1
+                    done += 1
+                    continue
+                try:
+                    with savepoint(s):
+                        self._follow_up_one(s, item, mail)
+                except Exception:  # the mail is lost to a bug, never the message
+                    log.exception("inbox %s (%s): outgoing mail failed; the entry is kept",
+                                  item.inbox_id, mail.message_id, extra=about(
+                                      inbox=item.inbox_id, message_id=mail.message_id,
+                                      ticket=item.ticket_id))
+                    with savepoint(s):
+                        self._fill_in(s, item, mail)
+                done += 1
         return done
 
     @staticmethod
