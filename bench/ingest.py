@@ -404,14 +404,14 @@ def main() -> None:
     ap.add_argument("--connections", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--rate", type=float, default=100.0, help="paced run for latency (msg/s)")
     ap.add_argument("--latency-messages", type=int, default=1000)
-    ap.add_argument("--pipe", type=int, default=0, metavar="N",
-                    help="also feed N messages through `maildesk ingest --queue`")
-    ap.add_argument("--runs", type=int, default=1, help="repeat and print medians")
     ap.add_argument("--nodes", type=int, nargs="+", metavar="N",
                     help="only the node table: N `maildesk serve` nodes on one PostgreSQL"
                          " (bench/ingest_nodes.py)")
     ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test",
                     help="PostgreSQL for --nodes: a fresh database is made there per run")
+    ap.add_argument("--pipe", type=int, default=0, metavar="N",
+                    help="also feed N messages through `maildesk ingest --queue`")
+    ap.add_argument("--runs", type=int, default=1, help="repeat and print medians")
     args = ap.parse_args()
     messages = generate(args.messages)
     if args.nodes:
