@@ -240,3 +240,23 @@ class Asked:
 
     def close(self) -> None:
         self.inner.close()
+
+
+def test_postgresql_probes_the_connections_that_hold_a_nodes_locks(pg_url: str) -> None:
+    """A host that dies sends no FIN: PostgreSQL would keep its sessions, and the leader's
+    and the mailboxes' locks, for the OS default of 2 hours. Every connection of ours asks
+    the server to probe it after 5 s of silence, 3 probes 5 s apart."""
+    from sqlalchemy import text
+
+    from maildesk.store import Database
+
+    leader, db = AdvisoryLeader(pg_url), Database(pg_url)
+    names = ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")
+    try:
+        assert leader.leads() and leader.conn is not None
+        assert [leader.conn.execute(text(f"SHOW {n}")).scalar() for n in names] == ["5", "5", "3"]
+        with db.read_raw() as r:
+            assert [r.one(f"SHOW {n}") for n in names] == [("5",), ("5",), ("3",)]
+    finally:
+        leader.close()
+        db.dispose()
