@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ __all__ = ["SCHEMA_HEAD", "Database", "StoreUnavailable", "WouldWait"]
 log = logging.getLogger(__name__)
 
 THREADING_LOCK_KEY = 0x6D61696C  # "mail": one advisory lock serialises threading on PostgreSQL
+MIGRATION_LOCK_KEY = 0x6D646462  # "mddb": nodes starting together migrate one at a time
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 
 
@@ -204,8 +205,22 @@ class Database:
         cfg.set_main_option("sqlalchemy.url", self.url)
         try:
             with self.engine.connect() as conn:
+                if not self.is_sqlite:
+                    # Several nodes started at once on an empty database would all create
+                    # the tables (and all but one crash): they take turns, and Alembic,
+                    # reading the version after the wait, finds nothing left to do.
+                    conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+                    conn.commit()
                 cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+                try:
+                    command.upgrade(cfg, "head")
+                finally:
+                    if not self.is_sqlite:  # a lost connection took the lock with it
+                        with suppress(DBAPIError):
+                            conn.rollback()
+                            conn.execute(text("SELECT pg_advisory_unlock(:k)"),
+                                         {"k": MIGRATION_LOCK_KEY})
+                            conn.commit()
         except OperationalError as exc:
             raise StoreUnavailable(_one_line(exc)) from exc
 
