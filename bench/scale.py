@@ -41,8 +41,6 @@ by the bench (PostgreSQL: databases next to `--database`'s, dropped after).
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import json
 import os
 import random
@@ -135,151 +133,206 @@ TABLES: dict[str, tuple[str, ...]] = {
     "participant": ("ticket_id", "address", "role"),
     "auto_reply": ("address", "created_at"),
 }
-BODY = ("Hello,\n\nI am writing about {subject}. "
-        + "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor. " * 4
-        + "\n\nRegards,\n{name}\n")
-RAW_IN = ("Return-Path: <{frm}>\r\nReceived: from mx.{domain} (mx.{domain} [192.0.2.1])\r\n"
-          "\tby desk.example.com with ESMTPS; {date}\r\nFrom: {name} <{frm}>\r\n"
-          "To: {to}\r\nSubject: {subject}\r\nDate: {date}\r\nMessage-ID: <{mid}>\r\n"
-          "{refs}MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
-          "Content-Transfer-Encoding: 8bit\r\n\r\n{body}\r\n> On earlier, the desk wrote:\r\n"
-          "> quoted history of the conversation\r\n")
-RAW_OUT = ("From: Scale Desk <support@example.com>\r\nTo: {to}\r\n"
-           "Reply-To: support+{ticket}-{token}@example.com\r\nSubject: {subject} [MD#{ticket}]\r\n"
-           "Date: {date}\r\nMessage-ID: <{mid}>\r\nIn-Reply-To: <{parent}>\r\n"
-           "References: <{parent}>\r\nThread-Topic: {subject}\r\nThread-Index: {ti}\r\n"
-           "Auto-Submitted: auto-replied\r\nX-Loop: support@example.com\r\nMIME-Version: 1.0\r\n"
-           "Content-Type: multipart/alternative; boundary=\"=_b{ticket}\"\r\n\r\n"
-           "--=_b{ticket}\r\nContent-Type: text/plain; charset=\"utf-8\"\r\n\r\n{body}\r\n"
-           "--=_b{ticket}\r\nContent-Type: text/html; charset=\"utf-8\"\r\n\r\n"
-           "<!DOCTYPE html>\r\n<html><body><p>{body}</p></body></html>\r\n--=_b{ticket}--\r\n")
+BODY = ("Hello,\n\nI am writing about ' || s.subject || '. Lorem ipsum dolor sit amet,"
+        " consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore"
+        " magna aliqua. Ut enim ad minim veniam, quis nostrud exercitation ullamco laboris"
+        " nisi ut aliquip ex ea commodo consequat. Duis aute irure dolor in reprehenderit in"
+        " voluptate velit esse cillum dolore eu fugiat nulla pariatur.\n\nRegards,\n' || "
+        "CASE WHEN j.n % 2 = 1 THEN 'Agent' ELSE s.name END || '\n")
 
 
-# --- the desk's data ------------------------------------------------------------------------
+# --- the desk's data: SQL that the database runs itself -------------------------------------
 
 
-class Shape:
-    """The rows of N tickets, generated ticket by ticket in id order (so ids, times and most
-    keys ascend, as they do in a desk that grew), `chunk` tickets at a time."""
+class Dialect:
+    """The few expressions in which SQLite and PostgreSQL differ."""
 
-    def __init__(self, n: int, now: float, *, sqlite: bool, seed: int = 14) -> None:
-        self.n = n
-        self.now = now
-        self.start = now - SPAN
+    def __init__(self, sqlite: bool) -> None:
         self.sqlite = sqlite
-        self.rng = random.Random(seed)
-        self.entry_id = self.outbox_id = 0
-        self.counts = {t: 0 for t in TABLES}
 
-    def ts(self, t: float) -> str:
-        s = datetime.fromtimestamp(t, UTC).isoformat(" ", "microseconds")
-        return s[:26] if self.sqlite else s
+    def ts(self, epoch: str) -> str:
+        """A time column's value from seconds since the epoch (as the product stores it)."""
+        if self.sqlite:
+            return f"(strftime('%Y-%m-%d %H:%M:%f', {epoch}, 'unixepoch') || '000')"
+        return f"to_timestamp({epoch})"
 
-    def chunks(self, chunk: int = 5000) -> Iterator[dict[str, list[tuple[Any, ...]]]]:
-        for first in range(1, self.n + 1, chunk):
-            out: dict[str, list[tuple[Any, ...]]] = {t: [] for t in TABLES}
-            for i in range(first, min(self.n, first + chunk - 1) + 1):
-                self._ticket(i, out)
-            for t, rows in out.items():
-                self.counts[t] += len(rows)
-            yield out
+    def blob(self, text: str) -> str:
+        return f"CAST({text} AS BLOB)" if self.sqlite else f"convert_to({text}, 'UTF8')"
 
-    def _ticket(self, i: int, out: dict[str, list[tuple[Any, ...]]]) -> None:
-        rng, ts = self.rng, self.ts
-        created = self.start + SPAN * (i - 1) / self.n + rng.random() * 60
-        queue = rng.choices(list(QUEUES), [q[0] for q in QUEUES.values()])[0]
-        priority = rng.choices([p for p, _ in PRIORITIES], [w for _, w in PRIORITIES])[0]
-        policy = "urgent" if priority in ("high", "urgent") else "standard"
-        customer = rng.randrange(max(1, self.n // 3))  # customers come back
-        domain = f"customer{customer % 5000}.example"
-        requester = f"c{customer}@{domain}"
-        name = f"Customer {customer}"
-        subject = TOPICS[i % len(TOPICS)].format(100_000 + i)
-        live = rng.random() < 0.20
-        mails = rng.choices((1, 2, 3, 4, 5), (20, 15, 30, 20, 15))[0]
-        status = (rng.choices(("new", "open", "pending"), (15, 60, 25))[0] if live else
-                  rng.choices(("solved", "closed"), (35, 65))[0])
-        if status == "new":
-            mails = 1
-        assignee = (None if status == "new" or rng.random() < 0.05
-                    else rng.choice(QUEUES[queue][1]))
-        agent = assignee or AGENTS[0]
-        # the conversation: customer, agent, customer, ... minutes to days apart
-        times, t = [], created
-        for _ in range(mails):
-            times.append(t)
-            t += rng.expovariate(1 / (6 * 3600))
-        if live:  # still running: its last mail is recent
-            times[-1] = max(times[-1], self.now - rng.random() * 6 * DAY)
-        times = [min(x, self.now - 1) for x in times]
-        first_response = times[1] if mails > 1 else None
-        last = times[-1]
-        solved = closed = paused = sla_next = None
-        if status in ("solved", "closed"):
-            solved = last + rng.expovariate(1 / (2 * 3600))
-            closed = solved + 7 * DAY if status == "closed" else None
-        elif status == "pending":
-            paused = max(last, self.now - rng.random() * 6.5 * DAY)
-        else:  # new, open: the next reminder or breach is ahead (next 30 days)
-            sla_next = self.now - 30 + rng.random() * 30 * DAY
-        updated = max(x for x in (last, solved, closed, paused) if x is not None)
-        fr_due = created + (3600 if policy == "urgent" else 8 * 3600)
-        res_due = created + (DAY if policy == "urgent" else 30 * DAY)
-        out["ticket"].append((
-            i, subject, subject.lower(), status, priority, queue, assignee, requester, None,
-            "vip" if customer % 17 == 0 else "", ts(created), ts(updated), ts(last), ts(last),
-            ts(first_response) if first_response else None, mails > 1, None,
-            ts(solved) if solved else None, ts(closed) if closed else None, ts(fr_due), None,
-            ts(res_due), policy, None, None, rng.randrange(2), rng.randrange(2),
-            ts(paused) if paused else None, ts(sla_next) if sla_next else None))
-        out["participant"].append((i, requester, "requester"))
-        if customer % 5 == 0:
-            out["participant"].append((i, f"colleague{customer}@{domain}", "cc"))
-        parent = ""
-        for j, at in enumerate(times):
-            self.entry_id += 1
-            e = self.entry_id
-            by_agent = j % 2 == 1
-            frm = agent if by_agent else requester
-            mid = f"{int(at):x}.{i}.{j}@{'agents.example.com' if by_agent else domain}"
-            subj = ("Re: " if j else "") + subject
-            body = BODY.format(subject=subject, name=agent if by_agent else name)
-            when = ts(at)
-            raw = RAW_IN.format(frm=frm, domain=domain, date=when, name=name, subject=subj,
-                                to="support@example.com", mid=mid, body=body,
-                                refs=f"In-Reply-To: <{parent}>\r\nReferences: <{parent}>\r\n"
-                                if parent else "").encode()
-            out["entry"].append((e, i, e, "agent_reply" if by_agent else "customer", frm, subj,
-                                 body, when, mid, True if by_agent else None,
-                                 "references" if j else "new_ticket",
-                                 "In-Reply-To/References or Message-ID link to a message on"
-                                 " the ticket" if j else "no ticket matched"))
-            out["inbox"].append((e, when, "smtp", frm, "support@example.com", mid,
-                                 hashlib.sha256(raw).hexdigest(), len(raw), "processed",
-                                 "threading references; rules: none fired", 0, i, e, when))
-            out["inbox_raw"].append((e, raw))
-            out["message_ref"].append((mid, i, "own"))
-            # what the daemon sent for it: an ack and the agent's notification for a new
-            # ticket, the relay of an agent's reply, a notification of a customer's reply
-            sent = ([("ack", requester, True), ("new_ticket_agent", agent, False)] if j == 0
-                    else [("agent_reply", requester, False)] if by_agent
-                    else [("customer_reply_agent", agent, False)])
-            for template, to, automatic in sent:
-                self.outbox_id += 1
-                o = self.outbox_id
-                omid = f"{o:012x}{rng.getrandbits(80):020x}@example.com"
-                ti = "ti:" + base64.b64encode(o.to_bytes(6, "big") + rng.randbytes(16)).decode()
-                oraw = RAW_OUT.format(to=to, ticket=i, token="abcd1234", subject=subject,
-                                      date=when, mid=omid, parent=mid, ti=ti[3:],
-                                      body=body).encode()
-                out["outbox"].append((o, i, e, template, automatic, to,
-                                      f"bounces+{o}-abcd1234@example.com", omid, oraw, when,
-                                      "sent", 1, when, when))
-                out["message_ref"].append((omid, i, "own"))
-                out["message_ref"].append((ti, i, "thread_index"))
-                if automatic:
-                    out["auto_reply"].append((to, when))
-            parent = mid
+    def pad(self, number: str, width: int) -> str:
+        if self.sqlite:
+            return f"printf('%0{width}d', {number})"
+        return f"lpad(CAST({number} AS TEXT), {width}, '0')"
+
+    def least(self, a: str, b: str) -> str:
+        return f"min({a}, {b})" if self.sqlite else f"least({a}, {b})"
+
+    def greatest(self, a: str, b: str) -> str:
+        return f"max({a}, {b})" if self.sqlite else f"greatest({a}, {b})"
+
+
+def _case(value: str, choices: list[tuple[int, str]]) -> str:
+    """CASE over `value` in 0..99: the first (bound, result) with value < bound."""
+    whens = " ".join(f"WHEN {value} < {bound} THEN {result}" for bound, result in choices[:-1])
+    return f"CASE {whens} ELSE {choices[-1][1]} END"
+
+
+def seed_sql(n: int, now: float, d: Dialect) -> list[str]:
+    """The statements that fill an empty desk with N tickets (see the module's doc): a
+    temporary table of per-ticket facts from integer hashes of the ticket number (so the
+    fill is the same every time), and every table from it."""
+    start, step = now - SPAN, SPAN / n
+    h = "((i * 2654435761) % 4294967296)"
+    g = "((i * 2246822519 + 3266489917) % 4294967296)"
+    agent = ("'agent' || CAST(CASE queue WHEN 'billing' THEN (g >> 12) % 3 WHEN 'tech' THEN"
+             " 3 + (g >> 12) % 4 WHEN 'sales' THEN 6 + (g >> 12) % 2 ELSE (g >> 12) % 8 END"
+             " AS TEXT) || '@agents.example.com'")
+    topic = " ".join(f"WHEN {k} THEN '{t.format(chr(1))}'" for k, t in enumerate(TOPICS))
+    subject = f"replace(CASE i % {len(TOPICS)} {topic} END, char(1), CAST(100000 + i AS TEXT))"
+    if not d.sqlite:
+        subject = subject.replace("char(1)", "chr(1)")
+    live_status = _case("(g >> 16) % 100", [(15, "'new'"), (75, "'open'"), (100, "'pending'")])
+    done_status = _case("(g >> 16) % 100", [(35, "'solved'"), (100, "'closed'")])
+    queue = _case(f"({h} >> 16) % 100", [(40, "'general'"), (65, "'billing'"),
+                                          (90, "'tech'"), (100, "'sales'")])
+    nums = ("WITH RECURSIVE s(i) AS (SELECT CAST(1 AS BIGINT) UNION ALL SELECT i + 1 FROM s"
+            f" WHERE i < {n})")
+    base = (
+        f"CREATE TEMP TABLE seed0 AS {nums} SELECT i, h, g, "
+        f"CASE WHEN live THEN {live_status} ELSE {done_status} END AS status, live, queue,"
+        " CASE WHEN (h >> 8) % 100 < 10 THEN 'low' WHEN (h >> 8) % 100 < 80 THEN 'normal'"
+        " WHEN (h >> 8) % 100 < 95 THEN 'high' ELSE 'urgent' END AS priority,"
+        f" (g >> 4) % {max(1, n // 3)} AS cust,"
+        f" {start} + (i - 1) * {step} + h % 60 AS created, 600 + g % 43200 AS gap"
+        f" FROM (SELECT i, {h} AS h, {g} AS g, ({g} >> 24) % 100 < 20 AS live,"
+        f" {queue} AS queue"
+        f" FROM s) q"
+    )
+    mails = _case("(h >> 24) % 100", [(20, "1"), (35, "2"), (65, "3"), (85, "4"), (100, "5")])
+    last_ = d.least(f"CASE WHEN live THEN {d.greatest('created + (mails - 1) * gap', f'{now} - (h >> 4) % 518400')}"
+                    " ELSE created + (mails - 1) * gap END", f"{now} - 1")
+    seed1 = (
+        "CREATE TEMP TABLE seed1 AS SELECT b.*, CASE WHEN status = 'new' THEN 1 ELSE"
+        f" {mails} END AS mails FROM seed0 b")
+    seed = (
+        "CREATE TEMP TABLE seed AS SELECT c.*,"
+        " sum(mails) OVER (ORDER BY i) - mails AS first_entry,"
+        " sum(mails + 1) OVER (ORDER BY i) - mails - 1 AS first_outbox,"
+        " 'c' || CAST(cust AS TEXT) || '@customer' || CAST(cust % 5000 AS TEXT) || '.example'"
+        " AS requester, 'Customer ' || CAST(cust AS TEXT) AS name,"
+        " 'customer' || CAST(cust % 5000 AS TEXT) || '.example' AS domain,"
+        f" CASE WHEN status = 'new' OR h % 20 = 0 THEN NULL ELSE {agent} END AS assignee,"
+        f" {subject} AS subject FROM (SELECT s1.*, {last_} AS last FROM seed1 s1) c")
+    t = d.ts
+    done = "status IN ('solved', 'closed')"
+    solved = "last + 600 + h % 14400"
+    closed = f"{solved} + 604800"
+    urgent = "priority IN ('high', 'urgent')"
+    ticket = (
+        f"INSERT INTO ticket ({', '.join(TICKET_COLUMNS)}) SELECT i, subject, lower(subject),"
+        " status, priority, queue, assignee, requester, NULL,"
+        f" CASE WHEN cust % 17 = 0 THEN 'vip' ELSE '' END, {t('created')},"
+        f" {t(f'CASE WHEN status = {chr(39)}closed{chr(39)} THEN {closed} WHEN {done} THEN {solved} ELSE last END')},"
+        f" {t('last')}, {t('last')}, CASE WHEN mails > 1 THEN {t('created + gap')} END,"
+        f" mails > 1, NULL, CASE WHEN {done} THEN {t(solved)} END,"
+        f" CASE WHEN status = 'closed' THEN {t(closed)} END,"
+        f" {t(f'created + CASE WHEN {urgent} THEN 3600 ELSE 28800 END')}, NULL,"
+        f" {t(f'created + CASE WHEN {urgent} THEN 86400 ELSE 2592000 END')},"
+        f" CASE WHEN {urgent} THEN 'urgent' ELSE 'standard' END, NULL, NULL, h % 2, g % 2,"
+        f" CASE WHEN status = 'pending' THEN {t('last')} END,"
+        f" CASE WHEN status IN ('new', 'open') THEN {t(f'{now} - 30 + g % 2592000')} END"
+        " FROM seed")
+    # the mails of each ticket: seed x n in 0..mails-1, customer and agent in turn
+    agent_of = f"coalesce(s.assignee, '{AGENTS[0]}')"
+    frm = f"CASE WHEN j.n % 2 = 1 THEN {agent_of} ELSE s.requester END"
+    mid = (f"'m' || {d.pad('s.i', 8)} || '.' || CAST(j.n AS TEXT) || '@' ||"
+           " CASE WHEN j.n % 2 = 1 THEN 'agents.example.com' ELSE s.domain END")
+    parent = (f"'m' || {d.pad('s.i', 8)} || '.' || CAST(j.n - 1 AS TEXT) || '@' ||"
+              " CASE WHEN j.n % 2 = 0 THEN 'agents.example.com' ELSE s.domain END")
+    at = t(f"CASE WHEN j.n = s.mails - 1 THEN s.last ELSE"
+           f" {d.least('s.created + j.n * s.gap', f'{now} - 1')} END")
+    subj = "CASE WHEN j.n > 0 THEN 'Re: ' ELSE '' END || s.subject"
+    mails_of = "FROM seed s CROSS JOIN nums j WHERE j.n < s.mails"
+    entry = (
+        "INSERT INTO entry (id, ticket_id, inbox_id, kind, from_addr, subject, body, created_at,"
+        " message_id, verified, thread_rule, thread_reason) SELECT s.first_entry + j.n + 1,"
+        " s.i, s.first_entry + j.n + 1, CASE WHEN j.n % 2 = 1 THEN 'agent_reply' ELSE"
+        f" 'customer' END, {frm}, {subj}, '{BODY}', {at}, {mid},"
+        " CASE WHEN j.n % 2 = 1 THEN TRUE END, CASE WHEN j.n > 0 THEN 'references' ELSE"
+        " 'new_ticket' END, CASE WHEN j.n > 0 THEN 'In-Reply-To/References or Message-ID link"
+        " to a message on the ticket' ELSE 'no ticket matched by token, tag, references or"
+        f" subject' END {mails_of}")
+    inbox = (
+        "INSERT INTO inbox (id, received_at, source, envelope_from, envelope_to, message_id,"
+        " content_hash, size, state, reason, attempts, ticket_id, entry_id, processed_at)"
+        f" SELECT s.first_entry + j.n + 1, {at}, 'smtp', {frm}, 'support@example.com', {mid},"
+        f" {d.pad('(s.first_entry + j.n + 1) * 2654435761', 64)}, 1100 + length(s.subject),"
+        " 'processed', 'threading: rules: none fired', 0, s.i, s.first_entry + j.n + 1, "
+        f"{at} {mails_of}")
+    crlf = "\r\n"
+    raw_in = (
+        f"'Return-Path: <' || {frm} || '>{crlf}Received: from mx.' || s.domain || ' (mx.' ||"
+        f" s.domain || ' [192.0.2.1]){crlf}\tby desk.example.com with ESMTPS; ' || {at} ||"
+        f" '{crlf}From: ' || {frm} || '{crlf}To: support@example.com{crlf}Subject: ' ||"
+        f" {subj} || '{crlf}Date: ' || {at} || '{crlf}Message-ID: <' || {mid} || '>{crlf}' ||"
+        f" CASE WHEN j.n > 0 THEN 'In-Reply-To: <' || {parent} || '>{crlf}References: <' ||"
+        f" {parent} || '>{crlf}' ELSE '' END || 'MIME-Version: 1.0{crlf}Content-Type:"
+        f" text/plain; charset=utf-8{crlf}Content-Transfer-Encoding: 8bit{crlf}{crlf}' ||"
+        f" '{BODY}' || '{crlf}> On earlier, the desk wrote:{crlf}> quoted history{crlf}'")
+    inbox_raw = f"INSERT INTO inbox_raw (inbox_id, raw) SELECT s.first_entry + j.n + 1," \
+                f" {d.blob(raw_in)} {mails_of}"
+    refs_in = f"INSERT INTO message_ref (key, ticket_id, kind) SELECT {mid}, s.i, 'own' {mails_of}"
+    # what the daemon sent: k = 0 the ack, 1 the agent's notification of the new ticket,
+    # then one for each later mail (the relay of an agent's reply, the notification of a
+    # customer's): seed x k in 0..mails
+    k_entry = "CASE WHEN j.n < 2 THEN 0 ELSE j.n - 1 END"
+    template = ("CASE WHEN j.n = 0 THEN 'ack' WHEN j.n = 1 THEN 'new_ticket_agent'"
+                " WHEN j.n % 2 = 0 THEN 'agent_reply' ELSE 'customer_reply_agent' END")
+    to = (f"CASE WHEN j.n = 0 OR (j.n > 1 AND j.n % 2 = 0) THEN s.requester ELSE {agent_of}"
+          " END")
+    o_id = "s.first_outbox + j.n + 1"
+    o_mid = f"'o' || {d.pad(o_id, 12)} || 'f3c1a2b4d5e6@example.com'"
+    o_ti = f"'ti:AdB' || {d.pad(o_id, 12)} || 'PSLCbfQqO+AtaQ2v'"
+    e_at = t(f"CASE WHEN {k_entry} = s.mails - 1 THEN s.last ELSE"
+             f" {d.least(f's.created + ({k_entry}) * s.gap', f'{now} - 1')} END")
+    e_mid = (f"'m' || {d.pad('s.i', 8)} || '.' || CAST({k_entry} AS TEXT) || '@' ||"
+             f" CASE WHEN ({k_entry}) % 2 = 1 THEN 'agents.example.com' ELSE s.domain END")
+    raw_out = (
+        f"'From: Scale Desk <support@example.com>{crlf}To: ' || {to} || '{crlf}Reply-To:"
+        f" support+' || CAST(s.i AS TEXT) || '-abcd1234@example.com{crlf}Subject: ' ||"
+        f" s.subject || ' [MD#' || CAST(s.i AS TEXT) || ']{crlf}Date: ' || {e_at} ||"
+        f" '{crlf}Message-ID: <' || {o_mid} || '>{crlf}In-Reply-To: <' || {e_mid} ||"
+        f" '>{crlf}References: <' || {e_mid} || '>{crlf}Thread-Topic: ' || s.subject ||"
+        f" '{crlf}Thread-Index: ' || {o_ti} || '{crlf}Auto-Submitted: auto-replied{crlf}X-Loop:"
+        f" support@example.com{crlf}MIME-Version: 1.0{crlf}Content-Type: multipart/alternative;"
+        f" boundary=\"=_b\"{crlf}{crlf}--=_b{crlf}Content-Type: text/plain;"
+        f" charset=\"utf-8\"{crlf}{crlf}' || '{BODY}' || '{crlf}--=_b{crlf}Content-Type:"
+        f" text/html; charset=\"utf-8\"{crlf}{crlf}<!DOCTYPE html>{crlf}<html><body><p>' ||"
+        f" '{BODY}' || '</p></body></html>{crlf}--=_b--{crlf}'")
+    sent_of = "FROM seed s CROSS JOIN nums j WHERE j.n <= s.mails"
+    outbox = (
+        "INSERT INTO outbox (id, ticket_id, entry_id, template, automatic, recipients,"
+        " envelope_from, message_id, raw, created_at, state, attempts, next_attempt_at,"
+        f" sent_at) SELECT {o_id}, s.i, s.first_entry + {k_entry} + 1, {template}, j.n = 0,"
+        f" {to}, 'bounces+' || CAST({o_id} AS TEXT) || '-abcd1234@example.com', {o_mid},"
+        f" {d.blob(raw_out)}, {e_at}, 'sent', 1, {e_at}, {e_at} {sent_of}")
+    refs_out = (f"INSERT INTO message_ref (key, ticket_id, kind) SELECT {o_mid}, s.i, 'own'"
+                f" {sent_of}")
+    refs_ti = (f"INSERT INTO message_ref (key, ticket_id, kind) SELECT {o_ti}, s.i,"
+               f" 'thread_index' {sent_of}")
+    people = (
+        "INSERT INTO participant (ticket_id, address, role) SELECT i, address, role FROM"
+        " (SELECT i, requester AS address, 'requester' AS role FROM seed UNION ALL"
+        " SELECT i, 'colleague' || CAST(cust AS TEXT) || '@' || domain, 'cc' FROM seed"
+        " WHERE cust % 5 = 0) p ORDER BY i, role DESC")
+    auto = ("INSERT INTO auto_reply (address, created_at) SELECT recipients, created_at FROM"
+            " outbox WHERE template = 'ack' ORDER BY id")
+    return [
+        base, seed1, seed,
+        "CREATE TEMP TABLE nums AS SELECT 0 AS n UNION ALL SELECT 1 UNION ALL SELECT 2"
+        " UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5",
+        ticket, people, entry, inbox, inbox_raw, refs_in, outbox, refs_out, refs_ti, auto,
+    ]
 
 
 # --- filling a database ------------------------------------------------------------------
@@ -301,51 +354,42 @@ def _indexes(conn: Any, sqlite: bool) -> list[tuple[str, str]]:
 def fill(url: str, n: int, now: float, log: Any) -> dict[str, int]:
     """N tickets into the (migrated, empty) database of `url`; the row counts."""
     sqlite = url.startswith("sqlite")
-    shape = Shape(n, now, sqlite=sqlite)
     conn = direct.connect(url)
+    if not sqlite:
+        conn.autocommit = True
     indexes = _indexes(conn, sqlite)
     for name, _ in indexes:
         conn.execute(f"DROP INDEX {name}")
     if sqlite:
         conn.execute("PRAGMA journal_mode=OFF")  # a fresh file: nothing to roll back to
         conn.execute("PRAGMA synchronous=OFF")
-        conn.execute("PRAGMA cache_size=-500000")
-        sql = {t: f"INSERT INTO {t} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))})"
-               for t, c in TABLES.items()}
+        conn.execute("PRAGMA cache_size=-400000")
+        conn.execute("PRAGMA temp_store=FILE")
     else:
-        conn.commit()
-    done = 0
-    for chunk in shape.chunks():
-        if sqlite:
-            conn.execute("BEGIN")
-            for table, rows in chunk.items():
-                conn.executemany(sql[table], rows)
-            conn.execute("COMMIT")
-        else:
-            with conn.cursor() as cur:
-                for table, rows in chunk.items():
-                    with cur.copy(f"COPY {table} ({', '.join(TABLES[table])}) FROM STDIN") as cp:
-                        for row in rows:
-                            cp.write_row(row)
-            conn.commit()
-        done += len(chunk["ticket"])
-        if done % 100_000 < 5000:
-            log(f"  {done:,} tickets seeded")
+        conn.execute("SET work_mem = '256MB'")
+        conn.execute("SET maintenance_work_mem = '512MB'")
+    for sql in seed_sql(n, now, Dialect(sqlite)):
+        t0 = time.time()
+        conn.execute(sql)
+        log(f"  {time.time() - t0:6.1f}s {' '.join(sql.split()[:3])}")
     log("  building the indexes")
     for _, create in indexes:
         conn.execute(create)
+    counts = {}
+    for table in TABLES:
+        found = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+        counts[table] = int(found[0])
     if sqlite:
         conn.execute("PRAGMA journal_mode=WAL")  # as the daemon runs it
     else:
-        for table in ("ticket", "entry", "inbox", "outbox", "message_ref"):
+        for table in ("ticket", "entry", "inbox", "outbox", "message_ref", "participant",
+                      "auto_reply"):
             conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
                          f" (SELECT max(id) FROM {table}))")
-        conn.commit()
-        conn.autocommit = True
         log("  VACUUM ANALYZE")
         conn.execute("VACUUM ANALYZE")
     conn.close()
-    return shape.counts
+    return counts
 
 
 # --- databases ----------------------------------------------------------------------------
