@@ -49,10 +49,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -133,12 +131,11 @@ TABLES: dict[str, tuple[str, ...]] = {
     "participant": ("ticket_id", "address", "role"),
     "auto_reply": ("address", "created_at"),
 }
-BODY = ("Hello,\n\nI am writing about ' || s.subject || '. Lorem ipsum dolor sit amet,"
-        " consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore"
-        " magna aliqua. Ut enim ad minim veniam, quis nostrud exercitation ullamco laboris"
-        " nisi ut aliquip ex ea commodo consequat. Duis aute irure dolor in reprehenderit in"
-        " voluptate velit esse cillum dolore eu fugiat nulla pariatur.\n\nRegards,\n' || "
-        "CASE WHEN j.n % 2 = 1 THEN 'Agent' ELSE s.name END || '\n")
+BODY = ("Hello,\n\nI am writing about my order. Lorem ipsum dolor sit amet, consectetur"
+        " adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore magna aliqua."
+        " Ut enim ad minim veniam, quis nostrud exercitation ullamco laboris nisi ut aliquip"
+        " ex ea commodo consequat. Duis aute irure dolor in reprehenderit in voluptate velit"
+        " esse cillum dolore eu fugiat nulla pariatur.\n\nRegards,\nthe writer\n")
 
 
 # --- the desk's data: SQL that the database runs itself -------------------------------------
@@ -247,79 +244,79 @@ def seed_sql(n: int, now: float, d: Dialect) -> list[str]:
     frm = f"CASE WHEN j.n % 2 = 1 THEN {agent_of} ELSE s.requester END"
     mid = (f"'m' || {d.pad('s.i', 8)} || '.' || CAST(j.n AS TEXT) || '@' ||"
            " CASE WHEN j.n % 2 = 1 THEN 'agents.example.com' ELSE s.domain END")
-    parent = (f"'m' || {d.pad('s.i', 8)} || '.' || CAST(j.n - 1 AS TEXT) || '@' ||"
-              " CASE WHEN j.n % 2 = 0 THEN 'agents.example.com' ELSE s.domain END")
     at = t(f"CASE WHEN j.n = s.mails - 1 THEN s.last ELSE"
            f" {d.least('s.created + j.n * s.gap', f'{now} - 1')} END")
-    subj = "CASE WHEN j.n > 0 THEN 'Re: ' ELSE '' END || s.subject"
-    mails_of = "FROM seed s CROSS JOIN nums j WHERE j.n < s.mails"
     entry = (
         "INSERT INTO entry (id, ticket_id, inbox_id, kind, from_addr, subject, body, created_at,"
         " message_id, verified, thread_rule, thread_reason) SELECT s.first_entry + j.n + 1,"
         " s.i, s.first_entry + j.n + 1, CASE WHEN j.n % 2 = 1 THEN 'agent_reply' ELSE"
-        f" 'customer' END, {frm}, {subj}, '{BODY}', {at}, {mid},"
-        " CASE WHEN j.n % 2 = 1 THEN TRUE END, CASE WHEN j.n > 0 THEN 'references' ELSE"
-        " 'new_ticket' END, CASE WHEN j.n > 0 THEN 'In-Reply-To/References or Message-ID link"
-        " to a message on the ticket' ELSE 'no ticket matched by token, tag, references or"
-        f" subject' END {mails_of}")
+        f" 'customer' END, {frm}, CASE WHEN j.n > 0 THEN 'Re: ' ELSE '' END || s.subject,"
+        f" '{BODY}', {at}, {mid}, CASE WHEN j.n % 2 = 1 THEN TRUE END,"
+        " CASE WHEN j.n > 0 THEN 'references' ELSE 'new_ticket' END, CASE WHEN j.n > 0 THEN"
+        " 'In-Reply-To/References or Message-ID link to a message on the ticket' ELSE"
+        " 'no ticket matched by token, tag, references or subject' END"
+        " FROM seed s CROSS JOIN nums j WHERE j.n < s.mails")
+    # the rest from the entries (their times, ids and senders computed once)
     inbox = (
         "INSERT INTO inbox (id, received_at, source, envelope_from, envelope_to, message_id,"
         " content_hash, size, state, reason, attempts, ticket_id, entry_id, processed_at)"
-        f" SELECT s.first_entry + j.n + 1, {at}, 'smtp', {frm}, 'support@example.com', {mid},"
-        f" {d.pad('(s.first_entry + j.n + 1) * 2654435761', 64)}, 1100 + length(s.subject),"
-        " 'processed', 'threading: rules: none fired', 0, s.i, s.first_entry + j.n + 1, "
-        f"{at} {mails_of}")
+        " SELECT id, created_at, 'smtp', from_addr, 'support@example.com', message_id,"
+        f" {d.pad('id * 2654435761', 64)}, 1100 + length(subject), 'processed',"
+        " 'threading: rules: none fired', 0, ticket_id, id, created_at FROM entry")
     crlf = "\r\n"
-    raw_in = (
-        f"'Return-Path: <' || {frm} || '>{crlf}Received: from mx.' || s.domain || ' (mx.' ||"
-        f" s.domain || ' [192.0.2.1]){crlf}\tby desk.example.com with ESMTPS; ' || {at} ||"
-        f" '{crlf}From: ' || {frm} || '{crlf}To: support@example.com{crlf}Subject: ' ||"
-        f" {subj} || '{crlf}Date: ' || {at} || '{crlf}Message-ID: <' || {mid} || '>{crlf}' ||"
-        f" CASE WHEN j.n > 0 THEN 'In-Reply-To: <' || {parent} || '>{crlf}References: <' ||"
-        f" {parent} || '>{crlf}' ELSE '' END || 'MIME-Version: 1.0{crlf}Content-Type:"
-        f" text/plain; charset=utf-8{crlf}Content-Transfer-Encoding: 8bit{crlf}{crlf}' ||"
-        f" '{BODY}' || '{crlf}> On earlier, the desk wrote:{crlf}> quoted history{crlf}'")
-    inbox_raw = f"INSERT INTO inbox_raw (inbox_id, raw) SELECT s.first_entry + j.n + 1," \
-                f" {d.blob(raw_in)} {mails_of}"
-    refs_in = f"INSERT INTO message_ref (key, ticket_id, kind) SELECT {mid}, s.i, 'own' {mails_of}"
-    # what the daemon sent: k = 0 the ack, 1 the agent's notification of the new ticket,
-    # then one for each later mail (the relay of an agent's reply, the notification of a
-    # customer's): seed x k in 0..mails
-    k_entry = "CASE WHEN j.n < 2 THEN 0 ELSE j.n - 1 END"
-    template = ("CASE WHEN j.n = 0 THEN 'ack' WHEN j.n = 1 THEN 'new_ticket_agent'"
-                " WHEN j.n % 2 = 0 THEN 'agent_reply' ELSE 'customer_reply_agent' END")
-    to = (f"CASE WHEN j.n = 0 OR (j.n > 1 AND j.n % 2 = 0) THEN s.requester ELSE {agent_of}"
-          " END")
-    o_id = "s.first_outbox + j.n + 1"
-    o_mid = f"'o' || {d.pad(o_id, 12)} || 'f3c1a2b4d5e6@example.com'"
-    o_ti = f"'ti:AdB' || {d.pad(o_id, 12)} || 'PSLCbfQqO+AtaQ2v'"
-    e_at = t(f"CASE WHEN {k_entry} = s.mails - 1 THEN s.last ELSE"
-             f" {d.least(f's.created + ({k_entry}) * s.gap', f'{now} - 1')} END")
-    e_mid = (f"'m' || {d.pad('s.i', 8)} || '.' || CAST({k_entry} AS TEXT) || '@' ||"
-             f" CASE WHEN ({k_entry}) % 2 = 1 THEN 'agents.example.com' ELSE s.domain END")
+    of_entry = "FROM entry e JOIN seed s ON s.i = e.ticket_id"
+    raw_in = d.blob(
+        f"format('Return-Path: <%s>{crlf}Received: from mx.%s (mx.%s [192.0.2.1]){crlf}"
+        f"\tby desk.example.com with ESMTPS; %s{crlf}From: %s{crlf}To: support@example.com"
+        f"{crlf}Subject: %s{crlf}Date: %s{crlf}Message-ID: <%s>{crlf}%sMIME-Version: 1.0{crlf}"
+        f"Content-Type: text/plain; charset=utf-8{crlf}Content-Transfer-Encoding: 8bit{crlf}"
+        f"{crlf}', e.from_addr, s.domain, s.domain, e.created_at, e.from_addr, e.subject,"
+        f" e.created_at, e.message_id, CASE WHEN e.id > s.first_entry + 1 THEN"
+        f" format('In-Reply-To: <m%s.%s>{crlf}References: <m%s.%s>{crlf}', {d.pad('s.i', 8)},"
+        f" e.id - s.first_entry - 2, {d.pad('s.i', 8)}, e.id - s.first_entry - 2) ELSE '' END)"
+        f" || '{BODY}{crlf}> On earlier, the desk wrote:{crlf}> quoted history{crlf}'")
+    inbox_raw = f"INSERT INTO inbox_raw (inbox_id, raw) SELECT e.id, {raw_in} {of_entry}"
+    refs_in = "INSERT INTO message_ref (key, ticket_id, kind) SELECT message_id, ticket_id," \
+              " 'own' FROM entry"
+    # what the daemon sent for each mail: the ack and (below) the agent's notification
+    # for the first, the relay of an agent's reply, the notification of a customer's
+    # reply; outbox k of a ticket: 0 the ack, 1 the notification, n + 1 for mail n > 0
+    n_of = "(e.id - s.first_entry - 1)"
+    k_of = f"CASE WHEN {n_of} = 0 THEN 0 ELSE {n_of} + 1 END"
+    o_id = f"s.first_outbox + {k_of} + 1"
+    template = (f"CASE WHEN {n_of} = 0 THEN 'ack' WHEN {n_of} % 2 = 1 THEN 'agent_reply'"
+                " ELSE 'customer_reply_agent' END")
+    to = f"CASE WHEN {n_of} % 2 = 1 OR {n_of} = 0 THEN s.requester ELSE {agent_of} END"
     raw_out = (
-        f"'From: Scale Desk <support@example.com>{crlf}To: ' || {to} || '{crlf}Reply-To:"
-        f" support+' || CAST(s.i AS TEXT) || '-abcd1234@example.com{crlf}Subject: ' ||"
-        f" s.subject || ' [MD#' || CAST(s.i AS TEXT) || ']{crlf}Date: ' || {e_at} ||"
-        f" '{crlf}Message-ID: <' || {o_mid} || '>{crlf}In-Reply-To: <' || {e_mid} ||"
-        f" '>{crlf}References: <' || {e_mid} || '>{crlf}Thread-Topic: ' || s.subject ||"
-        f" '{crlf}Thread-Index: ' || {o_ti} || '{crlf}Auto-Submitted: auto-replied{crlf}X-Loop:"
-        f" support@example.com{crlf}MIME-Version: 1.0{crlf}Content-Type: multipart/alternative;"
-        f" boundary=\"=_b\"{crlf}{crlf}--=_b{crlf}Content-Type: text/plain;"
-        f" charset=\"utf-8\"{crlf}{crlf}' || '{BODY}' || '{crlf}--=_b{crlf}Content-Type:"
-        f" text/html; charset=\"utf-8\"{crlf}{crlf}<!DOCTYPE html>{crlf}<html><body><p>' ||"
-        f" '{BODY}' || '</p></body></html>{crlf}--=_b--{crlf}'")
-    sent_of = "FROM seed s CROSS JOIN nums j WHERE j.n <= s.mails"
-    outbox = (
-        "INSERT INTO outbox (id, ticket_id, entry_id, template, automatic, recipients,"
-        " envelope_from, message_id, raw, created_at, state, attempts, next_attempt_at,"
-        f" sent_at) SELECT {o_id}, s.i, s.first_entry + {k_entry} + 1, {template}, j.n = 0,"
-        f" {to}, 'bounces+' || CAST({o_id} AS TEXT) || '-abcd1234@example.com', {o_mid},"
-        f" {d.blob(raw_out)}, {e_at}, 'sent', 1, {e_at}, {e_at} {sent_of}")
-    refs_out = (f"INSERT INTO message_ref (key, ticket_id, kind) SELECT {o_mid}, s.i, 'own'"
-                f" {sent_of}")
-    refs_ti = (f"INSERT INTO message_ref (key, ticket_id, kind) SELECT {o_ti}, s.i,"
-               f" 'thread_index' {sent_of}")
+        f"format('From: Scale Desk <support@example.com>{crlf}To: %s{crlf}Reply-To: support+%s"
+        f"-abcd1234@example.com{crlf}Subject: %s [MD#%s]{crlf}Date: %s{crlf}Message-ID: <o%s"
+        f"f3c1a2b4d5e6@example.com>{crlf}In-Reply-To: <%s>{crlf}References: <%s>{crlf}"
+        f"Thread-Topic: %s{crlf}Thread-Index: AdB%sPSLCbfQqO+AtaQ2v{crlf}Auto-Submitted:"
+        f" auto-replied{crlf}X-Loop: support@example.com{crlf}MIME-Version: 1.0{crlf}"
+        f"Content-Type: multipart/alternative; boundary=\"=_b\"{crlf}{crlf}--=_b{crlf}"
+        f"Content-Type: text/plain; charset=\"utf-8\"{crlf}{crlf}', {{to}}, s.i, s.subject, s.i,"
+        f" e.created_at, {{oid}}, e.message_id, e.message_id, s.subject, {{oid}})"
+        f" || '{BODY}{crlf}--=_b{crlf}Content-Type: text/html; charset=\"utf-8\"{crlf}{crlf}"
+        f"<!DOCTYPE html>{crlf}<html><body><p>{BODY}</p></body></html>{crlf}--=_b--{crlf}'")
+
+    def outbox(o: str, k_template: str, k_to: str, automatic: str, where: str) -> str:
+        oid = d.pad(o, 12)
+        return (
+            "INSERT INTO outbox (id, ticket_id, entry_id, template, automatic, recipients,"
+            " envelope_from, message_id, raw, created_at, state, attempts, next_attempt_at,"
+            f" sent_at) SELECT {o}, s.i, e.id, {k_template}, {automatic}, {k_to},"
+            f" 'bounces+' || CAST({o} AS TEXT) || '-abcd1234@example.com',"
+            f" 'o' || {oid} || 'f3c1a2b4d5e6@example.com',"
+            f" {d.blob(raw_out.format(to=k_to, oid=oid))}, e.created_at, 'sent', 1,"
+            f" e.created_at, e.created_at {of_entry}{where}")
+
+    outbox_1 = outbox(o_id, template, to, f"{n_of} = 0", "")
+    outbox_2 = outbox("s.first_outbox + 2", "'new_ticket_agent'", agent_of, "1 = 0",
+                      f" WHERE {n_of} = 0")
+    refs_out = ("INSERT INTO message_ref (key, ticket_id, kind) SELECT message_id, ticket_id,"
+                " 'own' FROM outbox")
+    refs_ti = ("INSERT INTO message_ref (key, ticket_id, kind) SELECT 'ti:AdB' ||"
+               f" {d.pad('id', 12)} || 'PSLCbfQqO+AtaQ2v', ticket_id, 'thread_index' FROM outbox")
     people = (
         "INSERT INTO participant (ticket_id, address, role) SELECT i, address, role FROM"
         " (SELECT i, requester AS address, 'requester' AS role FROM seed UNION ALL"
@@ -328,10 +325,11 @@ def seed_sql(n: int, now: float, d: Dialect) -> list[str]:
     auto = ("INSERT INTO auto_reply (address, created_at) SELECT recipients, created_at FROM"
             " outbox WHERE template = 'ack' ORDER BY id")
     return [
-        base, seed1, seed,
+        base, seed1, seed, "CREATE INDEX seed_i ON seed (i)",
         "CREATE TEMP TABLE nums AS SELECT 0 AS n UNION ALL SELECT 1 UNION ALL SELECT 2"
         " UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5",
-        ticket, people, entry, inbox, inbox_raw, refs_in, outbox, refs_out, refs_ti, auto,
+        ticket, people, entry, inbox, inbox_raw, refs_in, outbox_1, outbox_2, refs_out,
+        refs_ti, auto,
     ]
 
 
