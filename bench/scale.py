@@ -44,6 +44,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -619,6 +620,8 @@ def plans(url: str, sample: tuple[int, str, str, str]) -> dict[str, str]:
                            (key, sender, "closed", t)),
         "participant": ("SELECT 1 FROM participant WHERE ticket_id = ? AND address = ? LIMIT 1",
                         (ticket, sender)),
+        "report since": ("SELECT id FROM ticket WHERE merged_into IS NULL AND created_at >= ?",
+                         (t,)),
         "sla scan": ("SELECT id FROM ticket WHERE sla_next_at <= ? ORDER BY sla_next_at, id"
                      " LIMIT ?", (t, 50)),
     }
@@ -639,11 +642,13 @@ def plans(url: str, sample: tuple[int, str, str, str]) -> dict[str, str]:
 
 def full_scans(found: dict[str, str]) -> list[str]:
     """The reads whose plan scans a whole table (SQLite `SCAN t` without an index,
-    PostgreSQL `Seq Scan`)."""
+    PostgreSQL `Seq Scan`), but for `deferred` (`d`): the follow-ups still to do, a few
+    rows that live for milliseconds, however large the desk."""
     bad = []
     for name, plan in found.items():
         for step in plan.split("; "):
-            if "Seq Scan" in step or (step.startswith("SCAN ") and "INDEX" not in step):
+            scan = re.search(r"(?:^SCAN|Seq Scan on) (\w+)", step.strip(" ->"))
+            if scan and "INDEX" not in step and scan.group(1) not in ("d", "deferred"):
                 bad.append(f"{name}: {step}")
     return bad
 
@@ -662,6 +667,7 @@ def main() -> None:
                     help="the (empty) database to fill; default a SQLite file")
     ap.add_argument("--messages", type=int, default=2000, help="the ingest workload")
     ap.add_argument("--runs", type=int, default=1, help="ingest runs into each desk")
+    ap.add_argument("--reads", type=int, default=5, help="runs of each read command (median)")
     args = ap.parse_args()
     began = time.time()
 
@@ -714,14 +720,13 @@ def main() -> None:
         show_id = samples[0][0]
         assert start_desk is not None
         start = cli_seconds(start_desk[0], ["tickets", "list", "--status", "open", "--limit",
-                                            "50"])
+                                            "50"], args.reads)
         result["cli_start_s"] = round(start, 3)
         for name, argv in (("list_open_s", ["tickets", "list", "--status", "open",
                                             "--limit", "50"]),
                            ("show_s", ["tickets", "show", str(show_id)]),
                            ("report_s", ["report", "--json"])):
-            result[name] = round(cli_seconds(config, argv, runs=3 if name == "report_s" else 5),
-                                 3)
+            result[name] = round(cli_seconds(config, argv, args.reads), 3)
             log(f"{name}: {result[name]}s")
         median_ms, p99_ms = threading_ms(url, samples)
         result["thread_lookup_ms"] = round(median_ms, 2)

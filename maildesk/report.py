@@ -141,15 +141,22 @@ def summarise(tickets: Sequence[TicketFacts], now: datetime) -> dict[str, Any]:
 
 
 def report(tickets: Sequence[TicketFacts], now: datetime) -> dict[str, Any]:
-    queues = sorted({t.queue for t in tickets})
-    agents = sorted({t.assignee for t in tickets if t.assignee})
-    policies = sorted({t.policy for t in tickets if t.policy})
+    # grouped in one pass: a filter over all tickets per queue, agent and policy cost
+    # more than the figures themselves on a large desk
+    by_queue: dict[str, list[TicketFacts]] = {}
+    by_agent: dict[str, list[TicketFacts]] = {}
+    by_policy: dict[str, list[TicketFacts]] = {}
+    for t in tickets:
+        by_queue.setdefault(t.queue, []).append(t)
+        if t.assignee:
+            by_agent.setdefault(t.assignee, []).append(t)
+        if t.policy:
+            by_policy.setdefault(t.policy, []).append(t)
     return {
         "total": summarise(tickets, now),
-        "by_queue": {q: summarise([t for t in tickets if t.queue == q], now) for q in queues},
-        "by_agent": {a: summarise([t for t in tickets if t.assignee == a], now) for a in agents},
-        "by_policy": {p: summarise([t for t in tickets if t.policy == p], now)
-                      for p in policies},
+        "by_queue": {q: summarise(by_queue[q], now) for q in sorted(by_queue)},
+        "by_agent": {a: summarise(by_agent[a], now) for a in sorted(by_agent)},
+        "by_policy": {p: summarise(by_policy[p], now) for p in sorted(by_policy)},
     }
 
 
