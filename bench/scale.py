@@ -207,8 +207,9 @@ def seed_sql(n: int, now: float, d: Dialect) -> list[str]:
         f" FROM s) q"
     )
     mails = _case("(h >> 24) % 100", [(20, "1"), (35, "2"), (65, "3"), (85, "4"), (100, "5")])
-    last_ = d.least(f"CASE WHEN live THEN {d.greatest('created + (mails - 1) * gap', f'{now} - (h >> 4) % 518400')}"
-                    " ELSE created + (mails - 1) * gap END", f"{now} - 1")
+    recent = d.greatest("created + (mails - 1) * gap", f"{now} - (h >> 4) % 518400")
+    last_ = d.least(f"CASE WHEN live THEN {recent} ELSE created + (mails - 1) * gap END",
+                    f"{now} - 1")
     seed1 = (
         "CREATE TEMP TABLE seed1 AS SELECT b.*, CASE WHEN status = 'new' THEN 1 ELSE"
         f" {mails} END AS mails FROM seed0 b")
@@ -225,12 +226,13 @@ def seed_sql(n: int, now: float, d: Dialect) -> list[str]:
     done = "status IN ('solved', 'closed')"
     solved = "last + 600 + h % 14400"
     closed = f"{solved} + 604800"
+    is_closed = "status = 'closed'"
     urgent = "priority IN ('high', 'urgent')"
     ticket = (
         f"INSERT INTO ticket ({', '.join(TICKET_COLUMNS)}) SELECT i, subject, lower(subject),"
         " status, priority, queue, assignee, requester, NULL,"
         f" CASE WHEN cust % 17 = 0 THEN 'vip' ELSE '' END, {t('created')},"
-        f" {t(f'CASE WHEN status = {chr(39)}closed{chr(39)} THEN {closed} WHEN {done} THEN {solved} ELSE last END')},"
+        f" {t(f'CASE WHEN {is_closed} THEN {closed} WHEN {done} THEN {solved} ELSE last END')},"
         f" {t('last')}, {t('last')}, CASE WHEN mails > 1 THEN {t('created + gap')} END,"
         f" mails > 1, NULL, CASE WHEN {done} THEN {t(solved)} END,"
         f" CASE WHEN status = 'closed' THEN {t(closed)} END,"
@@ -603,7 +605,8 @@ def sla_scan_s(url: str, config: Path) -> tuple[float, int]:
 def plans(url: str, sample: tuple[int, str, str, str]) -> dict[str, str]:
     """The database's plan for each read measured here (the SQL the product runs)."""
     ticket, sender, key, mid = sample
-    t = "2026-01-01 00:00:00.000000"
+    week_ago = datetime.now(UTC) - timedelta(days=7)  # the subject window; a report's week
+    t = week_ago.strftime("%Y-%m-%d %H:%M:%S.%f")
     reads = {
         "list page": ("SELECT id FROM ticket WHERE merged_into IS NULL AND status = ?"
                       " ORDER BY id DESC LIMIT ?", ("open", 51)),
@@ -632,9 +635,7 @@ def plans(url: str, sample: tuple[int, str, str, str]) -> dict[str, str]:
                 rows = r.rows(f"EXPLAIN QUERY PLAN {sql}", params)
                 out[name] = "; ".join(str(row[-1]) for row in rows)
             else:
-                if not r.sqlite:
-                    params = tuple(datetime(2026, 1, 1, tzinfo=UTC) if p == t else p
-                                   for p in params)
+                params = tuple(week_ago if p == t else p for p in params)
                 rows = r.rows(f"EXPLAIN {sql}", params)
                 out[name] = "; ".join(str(row[0]).strip() for row in rows)
     return out
