@@ -78,11 +78,19 @@ _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM ticket"
 _UPDATE = f"UPDATE ticket SET {', '.join(f'{c} = ?' for c in _COLUMNS[1:])} WHERE id = ?"
 
 
+_TIME_AT = tuple(i for i, c in enumerate(_COLUMNS) if c in _TIMES)
+_TOUCHED_AT = _COLUMNS.index("agent_touched")
+
+
 def _ticket(r: Raw, row: Row) -> Ticket:
-    values: dict[str, Any] = {c: r.read_time(v) if c in _TIMES else v
-                              for c, v in zip(_COLUMNS, row, strict=True)}
-    values["agent_touched"] = bool(values["agent_touched"])
-    return Ticket(**values)
+    # by position (the columns are the dataclass's fields in order): a dict of names per
+    # row was most of what `report` spent reading a large desk
+    assert len(row) == len(_COLUMNS)
+    values = list(row)
+    for i in _TIME_AT:
+        values[i] = r.read_time(values[i])
+    values[_TOUCHED_AT] = bool(values[_TOUCHED_AT])
+    return Ticket(*values)
 
 
 def load(s: Session | Raw, ticket_id: int) -> Ticket | None:
