@@ -49,7 +49,8 @@ def test_the_scale_bench_prints_its_figures(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(done.stdout)
     for key in ("tickets", "ingest_empty_msg_s", "ingest_full_msg_s", "sla_scan_s", "report_s",
-                "list_open_s", "show_s", "thread_lookup_ms", "db_bytes_per_message"):
+                "list_open_s", "show_s", "list_open_read_ms", "show_read_ms", "thread_lookup_ms",
+                "db_bytes_per_message"):
         assert isinstance(figures[key], int | float), key
     assert figures["tickets"] == 2000 and figures["rows"]["ticket"] == 2000
     assert 2 <= figures["rows"]["entry"] / 2000 <= 4  # ~3 entries a ticket
