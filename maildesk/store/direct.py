@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from maildesk.store.raw import Raw
 
 # The newest revision in migrations/versions (tests/test_store.py keeps them in step).
-SCHEMA_HEAD = "0006_ops"
+SCHEMA_HEAD = "0007_scale"
 
 
 class StoreUnavailable(Exception):
