@@ -199,7 +199,8 @@ class Service:
                     (("worker", self.worker), ("sender", self.sender)) if not loop.alive]
         if self._stopping.is_set():
             problems.append("stopping")
-        problems += [p for p in [health.database_problem(self.db)] if p]
+        problems += [p for p in [health.database_problem(self.db)] if p] or [
+            p for p in [health.write_problem(self.db)] if p]
         if self.imap is not None:
             problems += health.mailbox_problems(self.imap.failures(), datetime.now(UTC),
                                                 self.settings.desk.alert_after)

@@ -83,6 +83,12 @@ class Sender(BackgroundLoop):
         # (acks still go out at once at low load).
         self.yield_to = yield_to or (lambda: False)
         self.max_defer = max_defer
+        # Left over when the database went away mid-batch: results of deliveries made but
+        # not recorded, and rows claimed but not tried. Settled before anything new is
+        # claimed, so a delivered message is not sent again (a smarthost would deliver a
+        # second copy) and none waits out its lease (outbox.LEASE) once the database is back.
+        self._unrecorded: list[outbox.Result] = []
+        self._unreleased: list[int] = []
 
     def configure(self, transport_factory: Callable[[], Transport], max_retry: timedelta) -> None:
         """SIGHUP: the next drain uses the new outbound settings."""
@@ -91,6 +97,7 @@ class Sender(BackgroundLoop):
     def drain(self, now: datetime | None = None) -> DrainResult:
         """Send everything due at `now`, batch by batch, until nothing is left."""
         result = DrainResult()
+        self._settle()
         self._recover(now)
         transport = self.transport_factory()
         try:
@@ -126,16 +133,45 @@ class Sender(BackgroundLoop):
         try:
             for i, c in enumerate(claimed):
                 if self._stop.is_set():  # stopping: the rest is due again at once
-                    outbox.release(self.db, [x.item.id for x in claimed[i:]])
+                    self._release([x.item.id for x in claimed[i:]])
                     break
                 done.append(self._deliver(transport, c, now or utcnow(), result))
                 if not transport.idempotent:
-                    outbox.record(self.db, done)
-                    done = []
+                    results, done = done, []
+                    try:
+                        self._record(results)
+                    except StoreUnavailable:
+                        self._unreleased += [x.item.id for x in claimed[i + 1:]]
+                        raise
         finally:
             if done:
                 transport.sync()  # raises DeliveryError: nothing recorded, all sent again
-                outbox.record(self.db, done)
+                self._record(done)
+
+    def _record(self, results: list[outbox.Result]) -> None:
+        try:
+            outbox.record(self.db, results)
+        except StoreUnavailable:
+            self._unrecorded += results
+            raise
+
+    def _release(self, ids: list[int]) -> None:
+        try:
+            outbox.release(self.db, ids)
+        except StoreUnavailable:
+            self._unreleased += ids
+            raise
+
+    def _settle(self) -> None:
+        """Record and give back what a database outage left in hand (see __init__)."""
+        if self._unrecorded:
+            outbox.record(self.db, self._unrecorded)
+            log.info("outbox: recorded %d deliveries made while the database was away",
+                     len(self._unrecorded))
+            self._unrecorded = []
+        if self._unreleased:
+            outbox.release(self.db, self._unreleased)
+            self._unreleased = []
 
     def _deliver(self, transport: Transport, claimed: Claimed, now: datetime,
                  result: DrainResult) -> outbox.Result:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from maildesk.addresses import mailbox
 from maildesk.store.inbox import utcnow
 from maildesk.store.raw import Raw, placeholders
 from maildesk.store.raw import raw as _raw
@@ -98,15 +99,16 @@ def reserve(
     r.many("INSERT INTO message_ref (key, ticket_id, kind) VALUES (?, ?, ?)", refs)
     if automatic:
         r.many("INSERT INTO auto_reply (address, created_at) VALUES (?, ?)",
-               [(a.lower(), at) for a in recipients])
+               [(mailbox(a), at) for a in recipients])
     return outbox_id
 
 
 def auto_replies_since(s: Session, address: str, since: datetime) -> int:
-    """How many automatic messages went (or are going) to `address` since `since`."""
+    """How many automatic messages went (or are going) to the mailbox of `address`
+    (`addresses.mailbox`: its `+` forms count together) since `since`."""
     r = _raw(s)
     found = r.one("SELECT count(*) FROM auto_reply WHERE address = ? AND created_at >= ?",
-                  (address.lower(), r.time(since)))
+                  (mailbox(address), r.time(since)))
     return int(found[0]) if found else 0
 
 
