@@ -9,11 +9,12 @@ SQLAlchemy or mail-parser). Then:
   `intake.doorbell`): it processes the message at once, and this process waits for the
   result in the database (`--wait` seconds, default 10) and reports it; still queued by
   then, it reports "queued" (exit 0: the message is stored, the daemon will get to it).
-- no daemon: this process processes the message itself (the pipeline, with its imports).
+- no daemon: this process processes the message itself, with the daemon's pipeline
+  on a driver connection of its own (`store.direct.DirectDatabase`): no SQLAlchemy.
 
-PostgreSQL, or a database without its schema yet, takes the full path: commit through
-the store, and without `--queue` process here. Exit 0 stored, 75 on a transient failure,
-never non-zero because of the content.
+PostgreSQL, or a database without its schema yet, takes the full path: load the config,
+commit through the store (migrating first if need be), and without `--queue` process
+here. Exit 0 stored, 75 on a transient failure, never non-zero because of the content.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from maildesk.cli.common import (
     EX_TEMPFAIL,
     CliError,
     Exit,
-    database,
     print_json,
     read_message,
     settings,
@@ -36,7 +36,7 @@ from maildesk.cli.parser import Adder
 
 if TYPE_CHECKING:
     from maildesk.config import Settings
-    from maildesk.store import Database
+    from maildesk.store.direct import Writable
 
 WAIT = 10.0  # seconds to wait for a running daemon's result (--wait)
 
@@ -100,16 +100,22 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             Exit.skip_teardown = True  # committed and answered: leave at once (see cli.run)
             return _answer(args, found)
         loaded = settings(args)
-        return _answer(args, _process(loaded, database(loaded), inbox_id))
+        return _answer(args, _process(loaded, _direct(loaded), inbox_id))
     loaded = settings(args)
-    store = database(loaded)
+    store = _direct(loaded)
     inbox_id = _commit(args, store, raw)
     if args.queue:
         return _answer(args, _result(inbox_id, "queued", None, None))
     return _answer(args, _process(loaded, store, inbox_id))
 
 
-def _commit(args: argparse.Namespace, db: Database, raw: bytes) -> int:
+def _direct(loaded: Settings) -> Writable:
+    from maildesk.app import open_direct
+
+    return open_direct(loaded)
+
+
+def _commit(args: argparse.Namespace, db: Writable, raw: bytes) -> int:
     """Commit through the store (PostgreSQL; a database that needs its schema first)."""
     from maildesk.domain import Source
     from maildesk.identity import identity
@@ -124,8 +130,10 @@ def _commit(args: argparse.Namespace, db: Database, raw: bytes) -> int:
     return inbox.add(db, row)
 
 
-def _process(loaded: Settings, db: Database, inbox_id: int) -> dict[str, Any]:
-    """Process a committed message in this process: no daemon is there to do it."""
+def _process(loaded: Settings, db: Writable, inbox_id: int) -> dict[str, Any]:
+    """Process a committed message in this process: no daemon is there to do it. The
+    daemon's pipeline, statement for statement, on a driver connection (see
+    store.direct.DirectDatabase)."""
     from maildesk.app import build_pipeline
     from maildesk.store import StoreUnavailable
 
