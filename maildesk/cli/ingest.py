@@ -100,13 +100,23 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             Exit.skip_teardown = True  # committed and answered: leave at once (see cli.run)
             return _answer(args, found)
         loaded = settings(args)
-        return _answer(args, _process(loaded, _direct(loaded), inbox_id))
+        return _done(args, _process(loaded, _direct(loaded), inbox_id))
     loaded = settings(args)
     store = _direct(loaded)
     inbox_id = _commit(args, store, raw)
     if args.queue:
-        return _answer(args, _result(inbox_id, "queued", None, None))
-    return _answer(args, _process(loaded, store, inbox_id))
+        return _done(args, _result(inbox_id, "queued", None, None), store)
+    return _done(args, _process(loaded, store, inbox_id), store)
+
+
+def _done(args: argparse.Namespace, result: dict[str, Any], db: Writable | None = None) -> int:
+    """Answer; everything is committed and the connection closed, so leave without the
+    interpreter's teardown (freeing the pipeline's imports: ~10 ms of the process)."""
+    if db is not None:
+        db.dispose()
+    code = _answer(args, result)
+    Exit.skip_teardown = True
+    return code
 
 
 def _direct(loaded: Settings) -> Writable:
@@ -141,6 +151,8 @@ def _process(loaded: Settings, db: Writable, inbox_id: int) -> dict[str, Any]:
         outcome = build_pipeline(loaded, db).process(inbox_id)
     except StoreUnavailable as exc:  # stored; the daemon or `inbox retry` processes it later
         return _result(inbox_id, "queued", None, f"stored, processing deferred: {exc}")
+    finally:
+        db.dispose()
     return _result(inbox_id, outcome.state.value, outcome.ticket_id, outcome.reason)
 
 

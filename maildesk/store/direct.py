@@ -62,6 +62,8 @@ class Writable(Readable, Protocol):
 
     def lock_threading(self, tx: Tx) -> None: ...
 
+    def dispose(self) -> None: ...
+
 
 def sqlite_file(url: str) -> str | None:
     """The file of a `sqlite:///PATH[?query]` URL (as config.Database resolved it); None
