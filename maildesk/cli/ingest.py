@@ -1,8 +1,8 @@
 """`maildesk ingest [--queue] [FILE|-]`: one message from an MTA pipe, a file or stdin.
 
 An MTA starts one process per message, so the message is committed by the quickest path
-that applies: on SQLite with the standard library only (`intake.queue`: no pydantic,
-SQLAlchemy or mail-parser). Then:
+that applies: without pydantic, SQLAlchemy or mail-parser (`intake.queue`: on SQLite
+the standard library only, on PostgreSQL psycopg). Then:
 
 - `--queue`: that is all; a running daemon processes it.
 - a daemon of this database runs on this host (it answers the doorbell,
@@ -12,9 +12,9 @@ SQLAlchemy or mail-parser). Then:
 - no daemon: this process processes the message itself, with the daemon's pipeline
   on a driver connection of its own (`store.direct.DirectDatabase`): no SQLAlchemy.
 
-PostgreSQL, or a database without its schema yet, takes the full path: load the config,
-commit through the store (migrating first if need be), and without `--queue` process
-here. Exit 0 stored, 75 on a transient failure, never non-zero because of the content.
+A database without its schema yet takes the full path: load the config, migrate, commit
+through the store, then the same as above. Exit 0 stored, 75 on a transient failure,
+never non-zero because of the content.
 """
 
 from __future__ import annotations
@@ -42,34 +42,34 @@ WAIT = 10.0  # seconds to wait for a running daemon's result (--wait)
 
 
 def _commit_fast(args: argparse.Namespace, raw: bytes) -> tuple[int, str] | None:
-    """Commit on SQLite with the standard library only (see intake.queue): the inbox id
-    and the database file; None when that path does not apply and the full one must run."""
+    """Commit without pydantic or SQLAlchemy (see intake.queue): the inbox id and the
+    database URL; None when that path does not apply and the full one must run."""
     import sqlite3
 
     from maildesk.intake import queue
 
     config = args.config or os.environ.get("MAILDESK_CONFIG", "").strip()
     try:
-        db = queue.sqlite_path(os.path.expanduser(config)) if config else None
-        inbox_id = db and queue.enqueue(
-            db, raw, envelope_from=args.sender,
+        url = queue.database_url(os.path.expanduser(config)) if config else None
+        inbox_id = url and queue.commit(
+            url, raw, envelope_from=args.sender,
             envelope_to=tuple(a.lower() for a in args.recipient or ()),
             origin=None if args.file in (None, "-") else str(args.file)[:500])
     except queue.QueueConfigError:
         return None  # the full path reports the config problem (exit 75)
     except sqlite3.Error as exc:
         raise CliError(f"database unavailable, try again later: {exc}", EX_TEMPFAIL) from exc
-    return (inbox_id, db) if inbox_id and db else None
+    return (inbox_id, url) if inbox_id and url else None
 
 
-def _daemon_result(inbox_id: int, db: str, wait: float) -> dict[str, Any] | None:
+def _daemon_result(inbox_id: int, url: str, wait: float) -> dict[str, Any] | None:
     """Ring the doorbell of a daemon of this database and wait for its result; None when
     no daemon answers."""
     from maildesk.intake import doorbell, queue
 
-    if not doorbell.ring(f"sqlite:///{db}", inbox_id):
+    if not doorbell.ring(url, inbox_id):
         return None
-    done = queue.wait_for_result(db, inbox_id, wait) if wait > 0 else None
+    done = queue.wait_for_result(url, inbox_id, wait) if wait > 0 else None
     if done is None:
         return _result(inbox_id, "queued", None, "stored; the running daemon processes it")
     state, ticket, reason = done
@@ -93,9 +93,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     raw = read_message(args.file)
     fast = _commit_fast(args, raw)
     if fast is not None:
-        inbox_id, db = fast
+        inbox_id, url = fast
         found = (_result(inbox_id, "queued", None, None) if args.queue
-                 else _daemon_result(inbox_id, db, args.wait))
+                 else _daemon_result(inbox_id, url, args.wait))
         if found is not None:
             Exit.skip_teardown = True  # committed and answered: leave at once (see cli.run)
             return _answer(args, found)
@@ -106,7 +106,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     inbox_id = _commit(args, store, raw)
     if args.queue:
         return _done(args, _result(inbox_id, "queued", None, None), store)
-    return _done(args, _process(loaded, store, inbox_id), store)
+    found = _daemon_result(inbox_id, store.url, args.wait)
+    return _done(args, found or _process(loaded, store, inbox_id), store)
 
 
 def _done(args: argparse.Namespace, result: dict[str, Any], db: Writable | None = None) -> int:
