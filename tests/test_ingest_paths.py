@@ -17,7 +17,8 @@ import pytest
 
 from maildesk.addresses import agent_reply_address
 from maildesk.cli import main
-from maildesk.store.direct import Reader
+from maildesk.store.direct import DirectDatabase, Reader, StoreUnavailable
+from maildesk.store.raw import savepoint
 from tests.helpers import REPO, SECRET, write_config
 from tests.helpers import message as lf_message
 from tests.test_serve import Daemon, message, wait_for
@@ -176,3 +177,39 @@ def test_on_postgresql_ingest_rings_the_daemon_and_reports_its_result(
         assert "maildesk.pipeline" in imported and "sqlalchemy" not in imported
     finally:
         d.kill()
+
+
+def test_a_direct_transaction_takes_savepoints_and_rolls_back_whole(tmp_path: Path) -> None:
+    """What the pipeline's `isolate` retry relies on, on a DirectDatabase: a savepoint
+    that raises is undone alone; a transaction that raises is undone whole."""
+    cfg = write_config(tmp_path, f"sqlite:///{tmp_path}/d.db")
+    assert main(["db", "upgrade", "--config", str(cfg)]) == 0
+    db = DirectDatabase(f"sqlite:///{tmp_path}/d.db")
+    insert = "INSERT INTO suppression (address, reason, created_at) VALUES (?, 'x', '2026-01-01')"
+    with db.write(durable=False) as tx:
+        tx.run(insert, ("kept@example.com",))
+        with pytest.raises(ZeroDivisionError), savepoint(tx):
+            tx.run(insert, ("undone@example.com",))
+            raise ZeroDivisionError
+        with savepoint(tx):
+            tx.run(insert, ("also-kept@example.com",))
+    with pytest.raises(ZeroDivisionError), db.write() as tx:
+        tx.run(insert, ("never@example.com",))
+        raise ZeroDivisionError
+    with db.read_raw() as r:
+        assert r.rows("SELECT address FROM suppression ORDER BY address") == [
+            ("also-kept@example.com",), ("kept@example.com",)]
+    db.dispose()
+
+
+def test_an_unreachable_database_is_a_temporary_failure(tmp_path: Path) -> None:
+    """Exit 75 (EX_TEMPFAIL): the MTA keeps the message and tries again."""
+    cfg = write_config(tmp_path, "postgresql://postgres@127.0.0.1:9/nowhere")
+    for extra in ([], ["--queue"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "maildesk.cli", "ingest", *extra, "--config", str(cfg), "-"],
+            input=message(), capture_output=True, cwd=REPO, check=False)
+        assert proc.returncode == 75, proc.stderr
+        assert b"database unavailable, try again later" in proc.stderr
+    with pytest.raises(StoreUnavailable):
+        DirectDatabase("postgresql+psycopg://postgres@127.0.0.1:9/nowhere").write_raw().__enter__()
