@@ -60,6 +60,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DEFAULT_HOURS = "Mon-Fri 09:00-18:00"
+# Raw bytes a follow-up batch reads whole at once: its parsed messages are held for one
+# transaction, ~1.8 times their size (8 messages of 20 MB: +250 MB of RSS). Typical
+# mail (64 of 100 KB) fits in one batch; big messages go a few at a time.
+FOLLOW_UP_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,8 @@ class Pipeline:
         `inbox_ids`, else the oldest `limit`), fill in their entries' body and
         attachments and queue their outgoing mail, in one write transaction. Returns
         how many it did; 0 when none was waiting."""
-        ids = list(inbox_ids) if inbox_ids is not None else deferred.pending(self.db, limit)
+        ids = list(inbox_ids) if inbox_ids is not None else inbox.within_bytes(
+            self.db, deferred.pending(self.db, limit), FOLLOW_UP_BYTES)
         if not ids:
             return 0
         mails = {i: parse_message(raw) for i, raw in inbox.load_raw(self.db, ids).items()}

@@ -94,6 +94,12 @@ class Doorbell:
         self.sock = sock
         asyncio.get_running_loop().add_reader(sock.fileno(), self._read)
 
+    @property
+    def listening(self) -> bool:
+        """This daemon holds the doorbell of its database: no other daemon on this host
+        runs on that SQLite file (so none sends its outbox either)."""
+        return self.sock is not None
+
     def _read(self) -> None:
         assert self.sock is not None
         ids: list[int] = []

@@ -20,6 +20,7 @@ from maildesk.agent_text import MARKER
 from maildesk.config import Settings
 from maildesk.domain import Attachment, ParsedMail
 from maildesk.outbound.render import (
+    MAX_SUBJECT,
     Headers,
     RenderError,
     Templates,
@@ -159,7 +160,9 @@ class Composer:
             for addr in list(wanted):
                 if outbox.auto_replies_since(s, addr, since) >= cap:
                     wanted.remove(addr)
-                    withheld.append(f"{addr} already got {cap} automatic replies this hour")
+                    box = addresses.mailbox(addr)
+                    withheld.append(f"{addr} already got {cap} automatic replies this hour"
+                                    + (f" (counted as {box})" if box != addr else ""))
         return tuple(wanted), withheld
 
     def _context(self, ticket: Ticket | None, draft: Draft, to: Sequence[str]
@@ -193,6 +196,9 @@ def message_context(mail: ParsedMail) -> dict[str, object]:
 
 
 def _tagged(subject: str, prefix: str, ticket_id: int) -> str:
-    """The subject with this ticket's tag, added when the template left it out."""
+    """The subject with this ticket's tag, added when the template left it out (or a long
+    subject pushed it past MAX_SUBJECT: the subject is shortened, the tag kept)."""
     tag = addresses.subject_tag(prefix, ticket_id)
-    return subject if tag.lower() in subject.lower() else f"{subject} {tag}"
+    if tag.lower() in subject[:MAX_SUBJECT].lower():
+        return subject
+    return f"{subject[:MAX_SUBJECT - len(tag) - 1].rstrip()} {tag}"

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from maildesk.store.raw import Tx
 
 # The newest revision in migrations/versions (tests/test_store.py keeps them in step).
-SCHEMA_HEAD = "0006_ops"
+SCHEMA_HEAD = "0007_scale"
 THREADING_LOCK_KEY = 0x6D61696C  # "mail": one advisory lock serialises threading on PostgreSQL
 
 
@@ -73,6 +73,25 @@ def sqlite_file(url: str) -> str | None:
     return url[len("sqlite:///"):].partition("?")[0]
 
 
+# TCP limits on every PostgreSQL connection, both ways (a URL that sets any of them keeps
+# its own). A PostgreSQL that goes silent without closing its connections (its host powered
+# off, a network partition) would leave a statement waiting until TCP gives up (tcp_retries2:
+# ~15 minutes), and every SMTP client waiting for its DATA answer meanwhile (measured: no
+# answer within the client's 30 s, then a dropped connection). libpq's options bound it:
+# data unacknowledged for 10 s, or an idle connection whose keepalive probes (after 5 s,
+# every 2 s, 3 of them) go unanswered, fail the statement (StoreUnavailable, 451). 10 s is
+# far above any round trip a live database takes, and far below an MTA's 10-minute wait.
+# The other way, a node's host that dies sends no FIN: without keepalives PostgreSQL keeps
+# its sessions, and with them the scheduler's and the mailboxes' advisory locks, for the OS
+# default of 2 hours before another node may take over (SPEC §5). The server probes each
+# session after 5 s of silence, 3 probes 5 s apart: a dead node's locks are free after ~20 s.
+PG_SILENCE_LIMITS: dict[str, Any] = {
+    "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+    "tcp_user_timeout": 10_000}
+SERVER_KEEPALIVES = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=5"
+                     " -c tcp_keepalives_count=3")
+
+
 def connect(url: str, *, timeout: float = 30.0) -> Any:
     """A new driver connection (sqlite3 or psycopg) to the database of `url`.
 
@@ -80,7 +99,8 @@ def connect(url: str, *, timeout: float = 30.0) -> Any:
     (a pool hands it from one to the next), `timeout` seconds of busy wait; a query in
     the URL is passed to SQLite as URI parameters (e.g. `?mode=ro`). PostgreSQL: the URL
     without its `+psycopg` driver name is a libpq connection URI; `timeout` bounds the
-    connection attempt (at most 5 s: a health check must not hang)."""
+    connection attempt (at most 5 s: a health check must not hang), PG_SILENCE_LIMITS the
+    wait on a server that went silent."""
     if url.startswith("sqlite"):
         import sqlite3
 
@@ -94,9 +114,13 @@ def connect(url: str, *, timeout: float = 30.0) -> Any:
         return sqlite3.connect(path, timeout=timeout, isolation_level=None,
                                check_same_thread=False)
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
 
     conninfo = "postgresql://" + url.partition("://")[2]
-    return psycopg.connect(conninfo, connect_timeout=max(1, min(5, round(timeout))))
+    given = conninfo_to_dict(conninfo)
+    extra: dict[str, Any] = {k: v for k, v in PG_SILENCE_LIMITS.items() if k not in given}
+    extra["options"] = " ".join(str(o) for o in (SERVER_KEEPALIVES, given.get("options")) if o)
+    return psycopg.connect(conninfo, connect_timeout=max(1, min(5, round(timeout))), **extra)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -141,6 +141,24 @@ def load_raw(db: Readable, ids: Sequence[int]) -> dict[int, bytes]:
     return {i: bytes(data) for i, data in rows}
 
 
+def within_bytes(db: Readable, ids: Sequence[int], budget: int) -> list[int]:
+    """The first of `ids` (in order) whose raw messages add up to at most `budget` bytes;
+    always the first one."""
+    if not ids:
+        return []
+    with db.read_raw() as r:
+        rows = r.rows(f"SELECT id, size FROM inbox WHERE id IN ({placeholders(len(ids))})", ids)
+    sizes: dict[int, int] = {int(i): int(n or 0) for i, n in rows}
+    kept: list[int] = []
+    total = 0
+    for i in ids:
+        total += sizes.get(i, 0)
+        if kept and total > budget:
+            break
+        kept.append(i)
+    return kept
+
+
 def raw_head(s: Tx, inbox_id: int, limit: int = 256 * 1024) -> bytes | None:
     """The first `limit` bytes of one inbox message (its header block, for threading
     headers of an answer), inside the caller's transaction."""

@@ -4,7 +4,9 @@ An outgoing message is a fully rendered row, written in the same transaction as 
 ticket change that caused it, so a decision and its mail commit together or not at all.
 The sender claims due rows with a lease (SKIP LOCKED on PostgreSQL), hands each to a
 transport and marks it sent right after the transport accepted it: a message is never
-claimed by two senders, and a restart finds it either `sent` or still `pending`.
+claimed by two senders. A transport that cannot tell a repeat (SMTP) has the row marked
+`sending` right before the point of no return; a row left `sending` by a sender that died
+counts as sent (`recover`), a row left `pending` is sent again.
 
 Hand-written SQL (store.raw) throughout, so that `maildesk outbox list` and `maildesk
 ingest` import no SQLAlchemy.
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from maildesk.addresses import mailbox
 from maildesk.store.inbox import utcnow
 from maildesk.store.raw import Raw, placeholders
 from maildesk.store.raw import raw as _raw
@@ -27,6 +30,9 @@ if TYPE_CHECKING:  # `maildesk outbox list` runs without SQLAlchemy (store.direc
     from maildesk.store.raw import Tx
 
 PENDING, SENT, FAILED, BOUNCED = "pending", "sent", "failed", "bounced"
+SENDING = "sending"  # the smarthost may have it: the end of DATA went out, no reply yet
+PRESUMED_SENT = ("presumed sent: the sender stopped after the end of DATA, before the"
+                 " smarthost's reply; `maildesk outbox retry ID` sends it again")
 LEASE = timedelta(minutes=5)  # longer than any transport timeout: a live sender keeps its rows
 
 
@@ -90,15 +96,16 @@ def reserve(
     r.many("INSERT INTO message_ref (key, ticket_id, kind) VALUES (?, ?, ?)", refs)
     if automatic:
         r.many("INSERT INTO auto_reply (address, created_at) VALUES (?, ?)",
-               [(a.lower(), at) for a in recipients])
+               [(mailbox(a), at) for a in recipients])
     return outbox_id
 
 
 def auto_replies_since(s: Tx, address: str, since: datetime) -> int:
-    """How many automatic messages went (or are going) to `address` since `since`."""
+    """How many automatic messages went (or are going) to the mailbox of `address`
+    (`addresses.mailbox`: its `+` forms count together) since `since`."""
     r = _raw(s)
     found = r.one("SELECT count(*) FROM auto_reply WHERE address = ? AND created_at >= ?",
-                  (address.lower(), r.time(since)))
+                  (mailbox(address), r.time(since)))
     return int(found[0]) if found else 0
 
 
@@ -190,6 +197,19 @@ class Result:
     at: datetime | None = None  # sent_at for SENT, next attempt for PENDING
 
 
+def mark_sending(db: Database, outbox_id: int) -> None:
+    """The transport is about to pass the point of no return with this row. A process
+    that dies after this commit leaves the row `sending` (the database has it, flushed
+    or not), and a crash in the time between the commit and the point of no return loses
+    the message: so the commit does not wait for the disk, a flush that took
+    milliseconds (most of the window, measured with bench/crash.py). A power cut may undo
+    it, and then the row is sent again, as it was before this mark existed; the sender's
+    record of the smarthost's 250 is durable."""
+    with db.write_raw(durable=False) as r:
+        r.run("UPDATE outbox SET state = ? WHERE id = ? AND state = ?",
+              (SENDING, outbox_id, PENDING))
+
+
 def record(db: Database, results: Sequence[Result]) -> None:
     """Store attempts in one transaction: rows leave the sender's lease."""
     if not results:
@@ -200,6 +220,29 @@ def record(db: Database, results: Sequence[Result]) -> None:
                [(x.state, _one_line(x.note) if x.note else None,
                  r.time(x.at) if x.state == SENT else None,
                  r.time(x.at) if x.state == PENDING else None, x.outbox_id) for x in results])
+
+
+def recover(db: Database, *, now: datetime | None = None, sole: bool = False,
+            ) -> list[OutboxItem]:
+    """Rows that a dead sender left behind. `sending` rows whose lease ran out (all of
+    them when `sole`) count as sent (PRESUMED_SENT) and are returned, for the log. With
+    `sole` (no other sender can be alive: a daemon that owns its SQLite file) the leases
+    of `pending` rows end now instead of after LEASE; they stay marked as claimed before,
+    so that the transport checks for a copy of an earlier try (`Claimed.reclaimed`)."""
+    now = now or utcnow()
+    with db.write_raw() as r:
+        at = r.time(now)
+        lapsed = "" if sole else " AND claimed_until < ?"
+        rows = r.rows(f"SELECT {_ITEM_COLUMNS} FROM outbox WHERE state = ?{lapsed}",
+                      (SENDING, *([] if sole else [at])))
+        if rows:
+            r.run("UPDATE outbox SET state = ?, attempts = attempts + 1, claimed_until = NULL,"
+                  f" last_error = ?, sent_at = ? WHERE state = ?{lapsed}",
+                  (SENT, PRESUMED_SENT, at, SENDING, *([] if sole else [at])))
+        if sole:
+            r.run("UPDATE outbox SET claimed_until = ? WHERE state = ? AND claimed_until > ?",
+                  (r.time(now - timedelta(seconds=1)), PENDING, at))
+        return [_raw_item(r, row) for row in rows]
 
 
 def release(db: Database, ids: list[int]) -> None:
@@ -213,12 +256,14 @@ def release(db: Database, ids: list[int]) -> None:
 
 def retry(db: Database, outbox_id: int, *, now: datetime | None = None) -> bool:
     """`maildesk outbox retry`: a failed (or pending) message becomes due now, with a fresh
-    retry schedule (the sender counts `max_retry` by attempts, see sender.backoff)."""
+    retry schedule (the sender counts `max_retry` by attempts, see sender.backoff). A sent
+    one only when it was presumed sent (`recover`): the operator found it missing."""
     now = now or utcnow()
     with db.write_raw() as r:
         return r.run("UPDATE outbox SET state = ?, attempts = 0, next_attempt_at = ?,"
-                     " claimed_until = NULL WHERE id = ? AND state != ?",
-                     (PENDING, r.time(now), outbox_id, SENT)) > 0
+                     " claimed_until = NULL, sent_at = NULL"
+                     " WHERE id = ? AND (state != ? OR last_error = ?)",
+                     (PENDING, r.time(now), outbox_id, SENT, PRESUMED_SENT)) > 0
 
 
 def list_items(db: Readable, *, state: str | None = None, limit: int = 200) -> list[OutboxItem]:
