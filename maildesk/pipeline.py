@@ -24,9 +24,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
-
-from sqlmodel import Session
+from typing import TYPE_CHECKING, Protocol
 
 from maildesk import agent_mail, ticketing
 from maildesk.agent_mail import AgentPlan
@@ -48,13 +46,17 @@ from maildesk.logs import about
 from maildesk.parse import not_a_message, parse_headers, parse_message
 from maildesk.rules import RuleContext, read_body
 from maildesk.rules import evaluate as evaluate_rules
-from maildesk.store import Database, StoreUnavailable, deferred, inbox, tickets
+from maildesk.store import StoreUnavailable, deferred, inbox, tickets
 from maildesk.store.inbox import utcnow
 from maildesk.store.raw import raw as session_raw
 from maildesk.store.raw import savepoint
 from maildesk.store.tickets import SessionLookup
 from maildesk.thread import ThreadingPolicy, generic_keys
 from maildesk.thread import decide as decide_thread
+
+if TYPE_CHECKING:
+    from maildesk.store.direct import Writable
+    from maildesk.store.raw import Tx
 
 log = logging.getLogger(__name__)
 DEFAULT_HOURS = "Mon-Fri 09:00-18:00"
@@ -109,7 +111,7 @@ class Reactor(Protocol):
 
     Returns one line per message queued or withheld, for logs and `explain`."""
 
-    def react(self, session: Session, change: Change) -> list[str]: ...
+    def react(self, session: Tx, change: Change) -> list[str]: ...
 
 
 @dataclass
@@ -130,7 +132,7 @@ class _DryRun(Exception):
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, db: Database, reactors: Sequence[Reactor] = (),
+    def __init__(self, settings: Settings, db: Writable, reactors: Sequence[Reactor] = (),
                  clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
         self.db = db
@@ -256,12 +258,12 @@ class Pipeline:
         return done
 
     @staticmethod
-    def _fill_in(s: Session, item: deferred.Deferred, mail: ParsedMail) -> None:
+    def _fill_in(s: Tx, item: deferred.Deferred, mail: ParsedMail) -> None:
         """The entry's body and attachments; the follow-up is done."""
         tickets.fill_entry(s, item.entry_id, body=mail.display_body, attachments=mail.attachments)
         deferred.done(s, item.inbox_id)
 
-    def _follow_up_one(self, s: Session, item: deferred.Deferred, mail: ParsedMail) -> None:
+    def _follow_up_one(self, s: Tx, item: deferred.Deferred, mail: ParsedMail) -> None:
         self._fill_in(s, item, mail)
         classification = classify(mail, item.envelope_from, self.settings.desk_addresses())
         change = Change(
@@ -306,7 +308,7 @@ class Pipeline:
     # --- the steps ------------------------------------------------------------------------
 
     def _apply(
-        self, s: Session, row: inbox.Envelope, mail: ParsedMail, reactors: Sequence[Reactor],
+        self, s: Tx, row: inbox.Envelope, mail: ParsedMail, reactors: Sequence[Reactor],
         raw: bytes | None = None,
     ) -> tuple[Outcome, Trace]:
         """All steps after parsing for one message. `mail` may be headers only (then `raw`

@@ -13,8 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-
-from sqlmodel import Session
+from typing import TYPE_CHECKING
 
 from maildesk import addresses
 from maildesk.agent_text import MARKER
@@ -33,6 +32,9 @@ from maildesk.outbound.render import (
 from maildesk.store import outbox
 from maildesk.store.tickets import Ticket
 from maildesk.thread import thread_index_key
+
+if TYPE_CHECKING:
+    from maildesk.store.raw import Tx
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ class Composer:
         self.settings = settings
         self.templates = templates
 
-    def queue(self, s: Session, ticket: Ticket | None, draft: Draft, now: datetime) -> Queued:
+    def queue(self, s: Tx, ticket: Ticket | None, draft: Draft, now: datetime) -> Queued:
         """Queue one draft about `ticket` (None: about no single ticket, e.g. the digest)."""
         allowed, withheld = self._recipients(s, draft, now)
         what = f"{draft.template} for ticket #{ticket.id}" if ticket else draft.template
@@ -135,7 +137,7 @@ class Composer:
                       f"queued {what} to {', '.join(allowed)} (outbox {outbox_id})"
                       + (f"; not to {note}" if note else ""))
 
-    def _recipients(self, s: Session, draft: Draft, now: datetime) -> tuple[tuple[str, ...],
+    def _recipients(self, s: Tx, draft: Draft, now: datetime) -> tuple[tuple[str, ...],
                                                                              list[str]]:
         """Who may get this draft, and why the others may not."""
         desks = self.settings.desk_addresses()

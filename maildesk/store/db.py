@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
@@ -23,14 +23,16 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, create_engine
 
 from maildesk.store import direct
-from maildesk.store.direct import SCHEMA_HEAD, StoreUnavailable
-from maildesk.store.raw import Raw
+from maildesk.store.direct import SCHEMA_HEAD, THREADING_LOCK_KEY, StoreUnavailable
+from maildesk.store.raw import Raw, raw
+
+if TYPE_CHECKING:
+    from maildesk.store.raw import Tx
 
 __all__ = ["SCHEMA_HEAD", "Database", "StoreUnavailable", "WouldWait"]
 
 log = logging.getLogger(__name__)
 
-THREADING_LOCK_KEY = 0x6D61696C  # "mail": one advisory lock serialises threading on PostgreSQL
 MIGRATION_LOCK_KEY = 0x6D646462  # "mddb": nodes starting together migrate one at a time
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 
@@ -188,12 +190,12 @@ class Database:
         except OperationalError as exc:
             raise StoreUnavailable(_one_line(exc)) from exc
 
-    def lock_threading(self, session: Session) -> None:
+    def lock_threading(self, session: Tx) -> None:
         """Serialise ticket creation and threading across processes (PostgreSQL).
 
         On SQLite, BEGIN IMMEDIATE already gives one writer at a time."""
         if not self.is_sqlite:
-            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": THREADING_LOCK_KEY})
+            raw(session).one("SELECT pg_advisory_xact_lock(?)", (THREADING_LOCK_KEY,))
 
     def upgrade(self) -> None:
         """Apply Alembic migrations up to head."""

@@ -16,13 +16,15 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-from sqlmodel import Session
+from typing import TYPE_CHECKING, Any
 
 from maildesk.store import direct
-from maildesk.store.db import Database, StoreUnavailable
+from maildesk.store.direct import StoreUnavailable
 from maildesk.store.raw import placeholders, raw
+
+if TYPE_CHECKING:
+    from maildesk.store.direct import Readable, Writable
+    from maildesk.store.raw import Tx
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class Deferred:
     envelope_to: tuple[str, ...]
 
 
-def add(s: Session, *, inbox_id: int, entry_id: int, new_ticket: bool,
+def add(s: Tx, *, inbox_id: int, entry_id: int, new_ticket: bool,
         reply_templates: Sequence[str], notify: Sequence[str], now: datetime) -> None:
     r = raw(s)
     r.run("INSERT INTO deferred (inbox_id, entry_id, new_ticket, reply_templates, notify,"
@@ -51,7 +53,7 @@ def add(s: Session, *, inbox_id: int, entry_id: int, new_ticket: bool,
            r.time(now)))
 
 
-def pending(db: Database, limit: int) -> list[int]:
+def pending(db: Writable, limit: int) -> list[int]:
     """Inbox ids of up to `limit` follow-ups, oldest first (`take` checks inside the
     write transaction that each is still to do). On SQLite a plain read; on PostgreSQL,
     where several nodes look at once, only those no other node is working on (`Claims`)."""
@@ -122,11 +124,11 @@ class Claims:
                 conn.close()
 
 
-_CLAIMS: weakref.WeakKeyDictionary[Database, Claims] = weakref.WeakKeyDictionary()
+_CLAIMS: weakref.WeakKeyDictionary[Writable, Claims] = weakref.WeakKeyDictionary()
 _CLAIMS_LOCK = threading.Lock()
 
 
-def _claims(db: Database) -> Claims:
+def _claims(db: Writable) -> Claims:
     with _CLAIMS_LOCK:
         found = _CLAIMS.get(db)
         if found is None:
@@ -135,7 +137,7 @@ def _claims(db: Database) -> Claims:
         return found
 
 
-def take(s: Session, inbox_ids: Sequence[int]) -> list[Deferred]:
+def take(s: Tx, inbox_ids: Sequence[int]) -> list[Deferred]:
     """Those of `inbox_ids` still to do, oldest first (another node or an `ingest`
     next to the daemon may have done some meanwhile)."""
     if not inbox_ids:
@@ -156,18 +158,18 @@ def take(s: Session, inbox_ids: Sequence[int]) -> list[Deferred]:
            envelope_from, envelope_to) in rows]
 
 
-def oldest(db: Database) -> datetime | None:
+def oldest(db: Readable) -> datetime | None:
     """When the oldest follow-up still to do was left (None: there is none)."""
     with db.read_raw() as r:
         found = r.one("SELECT created_at FROM deferred ORDER BY inbox_id LIMIT 1")
         return r.read_time(found[0]) if found else None
 
 
-def done(s: Session, inbox_id: int) -> None:
+def done(s: Tx, inbox_id: int) -> None:
     raw(s).run("DELETE FROM deferred WHERE inbox_id = ?", (inbox_id,))
 
 
-def count(db: Database) -> int:
+def count(db: Readable) -> int:
     with db.read_raw() as r:
         found = r.one("SELECT count(*) FROM deferred")
     return int(found[0]) if found else 0

@@ -8,9 +8,8 @@ claimed by two senders. A transport that cannot tell a repeat (SMTP) has the row
 `sending` right before the point of no return; a row left `sending` by a sender that died
 counts as sent (`recover`), a row left `pending` is sent again.
 
-Hand-written SQL (store.raw), except for the bounce handler's rows (`by_id`,
-`by_message_id`: ORM objects, imported there), so that `maildesk outbox list` imports
-no SQLAlchemy.
+Hand-written SQL (store.raw) throughout, so that `maildesk outbox list` and `maildesk
+ingest` import no SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -26,11 +25,9 @@ from maildesk.store.raw import Raw, placeholders
 from maildesk.store.raw import raw as _raw
 
 if TYPE_CHECKING:  # `maildesk outbox list` runs without SQLAlchemy (store.direct.Reader)
-    from sqlmodel import Session
-
     from maildesk.store.db import Database
     from maildesk.store.direct import Readable
-    from maildesk.store.tables import OutboxRow
+    from maildesk.store.raw import Tx
 
 PENDING, SENT, FAILED, BOUNCED = "pending", "sent", "failed", "bounced"
 SENDING = "sending"  # the smarthost may have it: the end of DATA went out, no reply yet
@@ -73,7 +70,7 @@ def split_recipients(value: str) -> tuple[str, ...]:
 
 
 def reserve(
-    s: Session, *, message_id: str, raw: bytes, ticket_id: int | None, entry_id: int | None,
+    s: Tx, *, message_id: str, raw: bytes, ticket_id: int | None, entry_id: int | None,
     template: str, automatic: bool, recipients: Iterable[str], now: datetime,
     envelope_from: Callable[[int], str], thread_index_root: str | None = None,
 ) -> int:
@@ -103,7 +100,7 @@ def reserve(
     return outbox_id
 
 
-def auto_replies_since(s: Session, address: str, since: datetime) -> int:
+def auto_replies_since(s: Tx, address: str, since: datetime) -> int:
     """How many automatic messages went (or are going) to the mailbox of `address`
     (`addresses.mailbox`: its `+` forms count together) since `since`."""
     r = _raw(s)
@@ -112,27 +109,26 @@ def auto_replies_since(s: Session, address: str, since: datetime) -> int:
     return int(found[0]) if found else 0
 
 
-def by_id(s: Session, outbox_id: int) -> OutboxRow | None:
-    from maildesk.store.tables import OutboxRow
-
-    return s.get(OutboxRow, outbox_id)
-
-
-def by_message_id(s: Session, message_id: str) -> OutboxRow | None:
-    from sqlmodel import select
-
-    from maildesk.store.tables import OutboxRow
-
-    return s.exec(select(OutboxRow).where(OutboxRow.message_id == message_id)).first()
+def by_id(s: Tx, outbox_id: int) -> OutboxItem | None:
+    """One outgoing message (the bounce handler's: which message a report is about)."""
+    r = _raw(s)
+    row = r.one(f"SELECT {_ITEM_COLUMNS} FROM outbox WHERE id = ?", (outbox_id,))
+    return _raw_item(r, row) if row else None
 
 
-def mark_bounced(s: Session, row: OutboxRow, reason: str) -> None:
-    row.state = BOUNCED
-    row.last_error = _one_line(reason)
-    s.add(row)
+def by_message_id(s: Tx, message_id: str) -> OutboxItem | None:
+    r = _raw(s)
+    row = r.one(f"SELECT {_ITEM_COLUMNS} FROM outbox WHERE message_id = ? ORDER BY id LIMIT 1",
+                (message_id,))
+    return _raw_item(r, row) if row else None
 
 
-def suppressed(s: Session, addresses: Iterable[str]) -> set[str]:
+def mark_bounced(s: Tx, outbox_id: int, reason: str) -> None:
+    _raw(s).run("UPDATE outbox SET state = ?, last_error = ? WHERE id = ?",
+                (BOUNCED, _one_line(reason), outbox_id))
+
+
+def suppressed(s: Tx, addresses: Iterable[str]) -> set[str]:
     """The addresses among `addresses` that are on the suppression list."""
     wanted = list(dict.fromkeys(a.lower() for a in addresses))
     if not wanted:
@@ -142,7 +138,7 @@ def suppressed(s: Session, addresses: Iterable[str]) -> set[str]:
     return {a for (a,) in found}
 
 
-def suppress(s: Session, address: str, reason: str, now: datetime) -> bool:
+def suppress(s: Tx, address: str, reason: str, now: datetime) -> bool:
     """Put an address on the suppression list; False when it already was."""
     address = address.lower()
     r = _raw(s)
