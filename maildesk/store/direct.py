@@ -70,9 +70,12 @@ def connect(url: str, *, timeout: float = 30.0) -> Any:
 
     conninfo = "postgresql://" + url.partition("://")[2]
     given = conninfo_to_dict(conninfo)
-    extra: dict[str, Any] = {k: v for k, v in KEEPALIVES.items() if k not in given}
-    extra["options"] = " ".join(str(o) for o in (SERVER_KEEPALIVES, given.get("options")) if o)
-    return psycopg.connect(conninfo, connect_timeout=max(1, min(5, round(timeout))), **extra)
+    extra = {k: v for k, v in KEEPALIVES.items() if k not in given}
+    conn = psycopg.connect(conninfo, connect_timeout=max(1, min(5, round(timeout))), **extra)
+    # SET rather than the `options` startup parameter, which PgBouncer refuses by default
+    conn.execute(SERVER_KEEPALIVES)
+    conn.commit()
+    return conn
 
 
 # A host that dies (power, kernel panic, network cut) sends no FIN: without TCP keepalives
@@ -81,11 +84,11 @@ def connect(url: str, *, timeout: float = 30.0) -> Any:
 # server probes each session of ours after 5 s of silence, 3 probes 5 s apart (a dead
 # node's locks are free after ~20 s); libpq does the same towards the server, and gives up
 # on data unacknowledged for 20 s, so a node never hangs on a dead database host either.
-# A URL that sets any of these keeps its own.
+# A URL that sets libpq's keeps its own.
 KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 5,
                               "keepalives_count": 3, "tcp_user_timeout": 20_000}
-SERVER_KEEPALIVES = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=5"
-                     " -c tcp_keepalives_count=3")
+SERVER_KEEPALIVES = ("SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 5;"
+                     " SET tcp_keepalives_count = 3")
 
 
 def is_transient(exc: BaseException) -> bool:
