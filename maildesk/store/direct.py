@@ -88,8 +88,8 @@ def sqlite_file(url: str) -> str | None:
 PG_SILENCE_LIMITS: dict[str, Any] = {
     "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
     "tcp_user_timeout": 10_000}
-SERVER_KEEPALIVES = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=5"
-                     " -c tcp_keepalives_count=3")
+SERVER_KEEPALIVES = ("SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 5;"
+                     " SET tcp_keepalives_count = 3")
 
 
 def connect(url: str, *, timeout: float = 30.0) -> Any:
@@ -118,9 +118,12 @@ def connect(url: str, *, timeout: float = 30.0) -> Any:
 
     conninfo = "postgresql://" + url.partition("://")[2]
     given = conninfo_to_dict(conninfo)
-    extra: dict[str, Any] = {k: v for k, v in PG_SILENCE_LIMITS.items() if k not in given}
-    extra["options"] = " ".join(str(o) for o in (SERVER_KEEPALIVES, given.get("options")) if o)
-    return psycopg.connect(conninfo, connect_timeout=max(1, min(5, round(timeout))), **extra)
+    extra = {k: v for k, v in PG_SILENCE_LIMITS.items() if k not in given}
+    conn = psycopg.connect(conninfo, connect_timeout=max(1, min(5, round(timeout))), **extra)
+    # SET rather than the `options` startup parameter, which PgBouncer refuses by default
+    conn.execute(SERVER_KEEPALIVES)
+    conn.commit()
+    return conn
 
 
 def is_transient(exc: BaseException) -> bool:
