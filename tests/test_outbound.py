@@ -246,6 +246,9 @@ def test_maildir_delivery_is_idempotent(tmp_path: Path) -> None:
     transport = MaildirTransport(tmp_path / "md")
     raw = b"Subject: x\r\n\r\nbody\r\n"
     assert transport.send(7, "bounces+7-abc@example.com", ["a@b.example"], raw) is None
+    assert list((tmp_path / "md" / "new").iterdir()) == []  # delivered once synced
+    assert transport.send(7, "bounces+7-abc@example.com", ["a@b.example"], raw) is not None
+    transport.sync()
     assert transport.send(7, "bounces+7-abc@example.com", ["a@b.example"], raw) is not None
     [path] = list((tmp_path / "md" / "new").iterdir())
     assert path.read_bytes() == b"Return-Path: <bounces+7-abc@example.com>\nSubject: x\n\nbody\n"
@@ -268,6 +271,7 @@ def test_a_row_whose_lease_ran_out_is_delivered_once(tmp_path: Path) -> None:
     transport = MaildirTransport(tmp_path / "outbox")
     assert transport.send(first.item.id, first.item.envelope_from, first.item.recipients,
                           first.raw, maybe_sent=first.reclaimed) is None
+    transport.sync()
     [delivered] = list((tmp_path / "outbox" / "new").iterdir())
     delivered.rename(tmp_path / "outbox" / "cur" / f"{delivered.name}:2,S")
     # the sender died before recording it; after the lease, another claim gets it again
