@@ -32,6 +32,7 @@ from maildesk.intake.smtp import SmtpIntake
 from maildesk.outbound.render import Templates
 from maildesk.outbound.sender import Sender
 from maildesk.outbound.transports import make_transport
+from maildesk.parse_pool import make_parser
 from maildesk.scheduler import Scheduler
 from maildesk.store import Database, StoreUnavailable, deferred, outbox, tickets
 from maildesk.worker import FOLLOW_UP_QUIET, Worker
@@ -84,7 +85,9 @@ class Service:
                              yield_to=lambda: self.worker.backlogged
                              or self._intake_busy(FOLLOW_UP_QUIET))
         self.smtp: SmtpIntake | None = None
-        self.worker = Worker(self.db, build_pipeline(settings, self.db),
+        # [workers] parse_processes: follow-ups are read whole in processes of our own.
+        self.parser = make_parser(settings.workers.parse_processes)
+        self.worker = Worker(self.db, build_pipeline(settings, self.db, self.parser),
                              after_batch=self.sender.wake, yield_to=self._intake_busy)
         if settings.smtp.enabled:
             hostname = settings.smtp.hostname or socket.getfqdn()
@@ -97,6 +100,8 @@ class Service:
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
+        # The parsing processes start now, beside the listener (a batch waits for them).
+        parser_started = loop.run_in_executor(None, self.parser.start)
         self.worker.start()
         self.sender.start()
         self.doorbell.start()
@@ -123,6 +128,7 @@ class Service:
         sd_notify("STOPPING=1")
         log.info("stopping: draining SMTP transactions, the batch and the message in hand")
         watchdog.cancel()
+        await parser_started
         await self._shutdown()
         log.info("stopped")
         return 0
@@ -145,6 +151,7 @@ class Service:
                      self.worker.stop, self.sender.stop):
             if stop is not None:
                 await loop.run_in_executor(None, stop)
+        await loop.run_in_executor(None, self.parser.close)  # the worker has stopped
         self.db.dispose()
 
     async def reload(self) -> None:
@@ -158,7 +165,7 @@ class Service:
             problems = check_templates(new)
             if problems:
                 raise ConfigError(problems)
-            pipeline = build_pipeline(new, self.db)
+            pipeline = build_pipeline(new, self.db, self.parser)
         except ConfigError as exc:
             log.error("SIGHUP: configuration not reloaded:\n%s", "\n".join(exc.problems))
             return
