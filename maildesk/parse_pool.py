@@ -100,7 +100,9 @@ class ProcessParser:
         """Start the workers now (at serve time), not on the first message."""
         with self._lock:
             pool = self._live_pool()
-        pool.submit(os.getpid).result()
+        # The pool starts a process for a task that finds none idle: all of them, here.
+        for started in [pool.submit(os.getpid) for _ in range(self.processes)]:
+            started.result()
 
     def _live_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -153,24 +155,23 @@ class ProcessParser:
                     if i in raws:
                         taken[i] = self._submit(raws[i])
         out: dict[int, ParsedMail | ParseFailure] = {}
-        suspects: list[int] = []
-        for i in ids:
-            if i not in taken:
-                continue
-            try:
-                out[i] = taken[i].future.result()
-            except BrokenProcessPool:
-                suspects.append(i)
-            except Exception as exc:  # parse_message never raises; its result may not pickle
-                out[i] = ParseFailure(f"parse: {type(exc).__name__}: {exc}")
-        if suspects:
-            log.warning("a parsing process died; reading its %d message(s) again, one at a"
-                        " time", len(suspects))
+        suspects = _collect({i: taken[i] for i in ids if i in taken}, out)
+        if suspects:  # a worker died: these were in its pool, one of them may have done it
+            log.warning("a parsing process died; reading its %d message(s) again",
+                        len(suspects))
             with self._lock:
                 for i in suspects:
                     self._replace_pool(taken[i].pool)
+                again = {i: self._submit(taken[i].raw) for i in suspects}
+            suspects = _collect(again, out)  # died again: one at a time, alone
+            with self._lock:
+                for i in suspects:
+                    self._replace_pool(again[i].pool)
             for i in suspects:
                 out[i] = self._alone(i, taken[i].raw)
+            if self._solo is not None:
+                self._solo.shutdown()
+                self._solo = None
         return out
 
     def _alone(self, inbox_id: int, raw: bytes) -> ParsedMail | ParseFailure:
@@ -197,6 +198,19 @@ class ProcessParser:
                     pool.shutdown(wait=True, cancel_futures=True)
             self._pool = self._solo = None
             self._ahead.clear()
+
+
+def _collect(work: Mapping[int, _Ahead], out: dict[int, ParsedMail | ParseFailure]) -> list[int]:
+    """Wait for each result into `out`; returns the ids whose process died."""
+    died = []
+    for i, item in work.items():
+        try:
+            out[i] = item.future.result()
+        except BrokenProcessPool:
+            died.append(i)
+        except Exception as exc:  # parse_message never raises; its result may not pickle
+            out[i] = ParseFailure(f"parse: {type(exc).__name__}: {exc}")
+    return died
 
 
 def make_parser(processes: int) -> WholeParser:
