@@ -100,7 +100,7 @@ class Service:
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
-        # The parsing processes start now, beside the listener (a batch waits for them).
+        # The parsing processes start first: mail is taken in once it can be read at speed.
         parser_started = loop.run_in_executor(None, self.parser.start)
         self.worker.start()
         self.sender.start()
@@ -109,6 +109,7 @@ class Service:
             self.metrics = MetricsServer(self.db, self._health_problems)
             await self.metrics.start(self.settings.metrics.host or "127.0.0.1",
                                      self.settings.metrics.port or 0)
+        await parser_started
         if self.smtp is not None:
             await self.smtp.start()
         self._start_imap(self.settings)
@@ -128,7 +129,6 @@ class Service:
         sd_notify("STOPPING=1")
         log.info("stopping: draining SMTP transactions, the batch and the message in hand")
         watchdog.cancel()
-        await parser_started
         await self._shutdown()
         log.info("stopped")
         return 0
