@@ -13,6 +13,7 @@ DATA to last ticket committed), mail-queued msg/s (first DATA to the last follow
 body filled in, outgoing mail in the outbox), each as a ratio of the bare server (the
 median of the ratios of paired runs: the two alternate), the latency from 250 to ticket
 and to mail queued at a paced `--rate`, and the daemon's peak RSS.
+`--parse-processes N` sets the daemon's `[workers] parse_processes` (default: its own).
 `--pipe N` also feeds N messages through `maildesk ingest --queue`, one process per
 message, next to a running daemon.
 """
@@ -57,6 +58,7 @@ maildir = "{dir}/outbox"
 email = "alice@agents.example.com"
 name = "Alice"
 """
+EXTRA_CONFIG = ""  # --parse-processes
 
 
 # --- the workload ------------------------------------------------------------------------
@@ -238,7 +240,7 @@ class Daemon:
         self.port = free_port()
         self.config = folder / "maildesk.toml"
         self.config.write_text(CONFIG.format(templates=REPO / "templates", dir=folder,
-                                             port=self.port))
+                                             port=self.port) + EXTRA_CONFIG)
         self.db = folder / "maildesk.db"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -413,7 +415,12 @@ def main() -> None:
     ap.add_argument("--pipe", type=int, default=0, metavar="N",
                     help="also feed N messages through `maildesk ingest --queue`")
     ap.add_argument("--runs", type=int, default=1, help="repeat and print medians")
+    ap.add_argument("--parse-processes", type=int, metavar="N",
+                    help="the daemon's [workers] parse_processes")
     args = ap.parse_args()
+    if args.parse_processes is not None:
+        global EXTRA_CONFIG
+        EXTRA_CONFIG = f"\n[workers]\nparse_processes = {args.parse_processes}\n"
     messages = generate(args.messages)
     mb = sum(map(len, messages)) / 1e6
     print(f"{len(messages)} messages, {mb:.1f} MB, {os.cpu_count()} CPUs, Python "
