@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -110,8 +111,7 @@ class ProcessParser:
         return self._pool
 
     def _new(self, processes: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(processes, mp_context=self._ctx, initializer=_worker_init,
-                                   initargs=(os.getpid(),))
+        return ProcessPoolExecutor(processes, mp_context=self._ctx, initializer=_worker_init)
 
     def read_ahead(self, ids: Sequence[int], load: Loader) -> None:
         with self._lock:
@@ -220,9 +220,13 @@ def make_parser(processes: int) -> WholeParser:
 # --- in the worker process -------------------------------------------------------------
 
 
-def _worker_init(daemon_pid: int) -> None:
-    """Die with the daemon: a worker blocked on its queue would outlive a SIGKILLed
-    daemon, so a thread waits for the daemon's sentinel and exits the process."""
+def _worker_init() -> None:
+    """Live and die with the daemon. SIGINT and SIGTERM are the daemon's to handle (a
+    Ctrl-C reaches the whole process group): it drains, then shuts the workers down. A
+    worker blocked on its queue would outlive a SIGKILLed daemon, so a thread waits for
+    the daemon's sentinel and exits the process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
     if parent is None:
         return
