@@ -260,6 +260,22 @@ def test_maildir_delivery_is_idempotent(tmp_path: Path) -> None:
     assert list((tmp_path / "md" / "new").iterdir()) == []
 
 
+def test_maildir_delivers_a_batch_when_it_is_synced(tmp_path: Path) -> None:
+    transport = MaildirTransport(tmp_path / "md")
+    for i in range(20):
+        raw = f"Subject: {i}\r\n\r\nbody\r\n".encode()
+        assert transport.send(i, f"bounces+{i}@example.com", ["a@b.example"], raw) is None
+    assert list((tmp_path / "md" / "new").iterdir()) == []
+    transport.sync()  # the sender records the batch as sent after this
+    new = sorted((tmp_path / "md" / "new").iterdir(), key=lambda f: int(f.name.split(".")[0]))
+    assert [f.read_bytes().split(b"\n")[1] for f in new] == [
+        f"Subject: {i}".encode() for i in range(20)]
+    transport.send(99, "bounces+99@example.com", ["a@b.example"], b"Subject: x\r\n\r\n")
+    transport.close()  # never synced: not delivered (the row is sent again later)
+    assert len(list((tmp_path / "md" / "new").iterdir())) == 20
+    assert list((tmp_path / "md" / "tmp").iterdir()) == []
+
+
 def test_a_row_whose_lease_ran_out_is_delivered_once(tmp_path: Path) -> None:
     from maildesk.store import outbox
 
