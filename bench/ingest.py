@@ -15,7 +15,8 @@ median of the ratios of paired runs: the two alternate), the latency from 250 to
 and to mail queued at a paced `--rate`, and the daemon's peak RSS.
 `--parse-processes N` sets the daemon's `[workers] parse_processes` (default: its own).
 `--pipe N` also feeds N messages through `maildesk ingest --queue`, one process per
-message, next to a running daemon.
+message, next to a running daemon. `--nodes 1 2 3` prints only the node table instead:
+the same messages over N `maildesk serve` nodes on one PostgreSQL (bench/ingest_nodes.py).
 """
 
 from __future__ import annotations
@@ -412,6 +413,11 @@ def main() -> None:
     ap.add_argument("--connections", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--rate", type=float, default=100.0, help="paced run for latency (msg/s)")
     ap.add_argument("--latency-messages", type=int, default=1000)
+    ap.add_argument("--nodes", type=int, nargs="+", metavar="N",
+                    help="only the node table: N `maildesk serve` nodes on one PostgreSQL"
+                         " (bench/ingest_nodes.py)")
+    ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test",
+                    help="PostgreSQL for --nodes: a fresh database is made there per run")
     ap.add_argument("--pipe", type=int, default=0, metavar="N",
                     help="also feed N messages through `maildesk ingest --queue`")
     ap.add_argument("--runs", type=int, default=1, help="repeat and print medians")
@@ -422,6 +428,12 @@ def main() -> None:
         global EXTRA_CONFIG
         EXTRA_CONFIG = f"\n[workers]\nparse_processes = {args.parse_processes}\n"
     messages = generate(args.messages)
+    if args.nodes:
+        from ingest_nodes import nodes_bench
+
+        print(f"{len(messages)} messages, {os.cpu_count()} CPUs; medians of {args.runs} run(s)")
+        nodes_bench(messages, args.nodes, args.runs, args.pg)
+        return
     mb = sum(map(len, messages)) / 1e6
     print(f"{len(messages)} messages, {mb:.1f} MB, {os.cpu_count()} CPUs, Python "
           f"{sys.version.split()[0]}; medians of {args.runs} run(s); load average "

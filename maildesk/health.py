@@ -1,6 +1,7 @@
 """What `/healthz` answers (SPEC §6): the problems that make the daemon unhealthy now.
 
-- the database cannot be read (down, unreachable, no schema);
+- the database cannot be read (down, unreachable, no schema), or refuses writes (a full or
+  read-only disk: SMTP answers 451 to every message meanwhile);
 - an IMAP mailbox has been failing (cannot connect or log in) for longer than
   `desk.alert_after`: the moment the operators' alert mail is due;
 - a thread of the daemon has died, or it is stopping (the caller's own checks).
@@ -21,6 +22,7 @@ from maildesk.store.direct import Readable, StoreUnavailable, schema_version
 
 if TYPE_CHECKING:
     from maildesk.intake.imap_health import Failure
+    from maildesk.store.db import Database
 
 
 def database_problem(db: Readable) -> str | None:
@@ -33,6 +35,14 @@ def database_problem(db: Readable) -> str | None:
         problem = None if version else "database has no schema (run `maildesk db upgrade`)"
     metrics.database_up.set(0 if problem else 1)
     return problem
+
+
+def write_problem(db: Database) -> str | None:
+    """Why the database refuses writes (a full or read-only disk) although it can be read."""
+    why = db.refusing_writes()
+    if why is not None:
+        metrics.database_up.set(0)
+    return f"database refuses writes {why}" if why else None
 
 
 def mailbox_problems(failures: Mapping[str, Failure], now: datetime,

@@ -83,7 +83,8 @@ class Service:
         self.sender = Sender(self.db, lambda: make_transport(self.settings.outbound),
                              max_retry=settings.outbound.max_retry,
                              yield_to=lambda: self.worker.backlogged
-                             or self._intake_busy(FOLLOW_UP_QUIET))
+                             or self._intake_busy(FOLLOW_UP_QUIET),
+                             sole=lambda: self.doorbell.listening)
         self.smtp: SmtpIntake | None = None
         # [workers] parse_processes: follow-ups are read whole in processes of our own.
         self.parser = make_parser(settings.workers.parse_processes)
@@ -102,9 +103,9 @@ class Service:
         loop = asyncio.get_running_loop()
         # The parsing processes start first: mail is taken in once it can be read at speed.
         parser_started = loop.run_in_executor(None, self.parser.start)
+        self.doorbell.start()  # first: it tells the sender whether it is the only one
         self.worker.start()
         self.sender.start()
-        self.doorbell.start()
         if self.settings.metrics.listen:  # first: /healthz answers once mail is taken in
             self.metrics = MetricsServer(self.db, self._health_problems)
             await self.metrics.start(self.settings.metrics.host or "127.0.0.1",
@@ -205,7 +206,8 @@ class Service:
                     (("worker", self.worker), ("sender", self.sender)) if not loop.alive]
         if self._stopping.is_set():
             problems.append("stopping")
-        problems += [p for p in [health.database_problem(self.db)] if p]
+        problems += [p for p in [health.database_problem(self.db)] if p] or [
+            p for p in [health.write_problem(self.db)] if p]
         if self.imap is not None:
             problems += health.mailbox_problems(self.imap.failures(), datetime.now(UTC),
                                                 self.settings.desk.alert_after)

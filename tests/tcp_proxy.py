@@ -20,16 +20,18 @@ def free_port() -> int:
 
 
 class TcpProxy:
-    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5432)) -> None:
+    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5432), *,
+                 host: str = "127.0.0.1", port: int | None = None) -> None:
         self.target = target
-        self.port = free_port()
+        self.host = host
+        self.port = port or free_port()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR on POSIX
+        listener = socket.create_server((self.host, self.port))  # SO_REUSEADDR on POSIX
         listener.settimeout(0.05)
         self._stop.clear()
         self._thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)

@@ -151,6 +151,18 @@ def test_at_most_five_automatic_replies_per_address_and_hour(desk: Desk) -> None
     assert len(rows(desk, template="ack")) == 6
 
 
+def test_the_hourly_cap_counts_a_mailbox_whatever_its_plus_address(desk: Desk) -> None:
+    """Another help desk answers from a reply address per ticket (help+7-...@): those are
+    one mailbox, and a ping-pong with it stops at the cap (found by bench/abuse.py)."""
+    for n in range(7):
+        reply_to = "help@desk.example" if n == 0 else f"Help+{n}-tok{n}@desk.example"
+        desk.ingest(message(frm="Other Desk <help@desk.example>", subject=f"answer {n}",
+                            msgid=f"<p{n}@desk.example>", headers={"Reply-To": reply_to}))
+    acks = rows(desk, template="ack")
+    assert len(acks) == 5 and [a.recipients for a in acks][:2] == [
+        "help@desk.example", "help+1-tok1@desk.example"]
+
+
 def test_header_injection_and_html_escaping(desk: Desk) -> None:
     raw = (b'From: "<script>x</script>" <carol@customer.example>\r\n'
            b"To: support@example.com\r\nMessage-ID: <inj@customer.example>\r\n"

@@ -157,6 +157,10 @@ class Smtp(_Model):
     require_tls: StrictBool = False
     auth_users_file: ExistingFile | None = None
     connection_timeout: PositiveDuration = timedelta(minutes=5)
+    # when all max_connections are taken, a new client closes the session idle longest
+    # (no message sent; in a DATA, no bytes received), once that is longer than this
+    # (Postfix's timeout under stress)
+    busy_idle_timeout: PositiveDuration = timedelta(seconds=10)
 
     @field_validator("tls_key")
     @classmethod

@@ -7,15 +7,24 @@ no such file exists yet, so delivering the same row twice (a crash between deliv
 `mark_sent`) leaves one file. A mail client
 may have moved that file to `cur/` meanwhile: that folder is searched too, but only for a
 row whose earlier lease ran out (`maybe_sent`), not on every delivery, since it only grows.
+
+A smarthost cannot be asked whether it already has a message, so the SMTP transport
+calls `before_end` right before the final dot of DATA, the point of no return: the
+sender records the row as `sending` there, and a row found in that state after a crash
+counts as sent (outbound.sender). A crash can then double nothing, and lose only what
+the smarthost refuses after the dot or what dies in the microseconds between that
+record and the dot's `send()`; this is as close as SMTP lets a client come (RFC 1047).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import smtplib
+import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -33,9 +42,13 @@ class Transport(Protocol):
     idempotent: bool  # delivering the same row twice leaves one copy
 
     def send(self, outbox_id: int, envelope_from: str, recipients: Sequence[str],
-             raw: bytes, *, maybe_sent: bool = False) -> str | None:
+             raw: bytes, *, maybe_sent: bool = False,
+             before_end: Callable[[], None] | None = None) -> str | None:
         """Deliver one message; returns a note (e.g. partly refused) or None.
-        `maybe_sent`: an earlier attempt may have delivered it (its sender died)."""
+        `maybe_sent`: an earlier attempt may have delivered it (its sender died).
+        `before_end`: called right before the step after which the message may have
+        been delivered (a transport that is not idempotent calls it; if it raises,
+        nothing is delivered)."""
         ...
 
     def sync(self) -> None:
@@ -73,7 +86,8 @@ class MaildirTransport:
             (folder / sub).mkdir(parents=True, exist_ok=True)
 
     def send(self, outbox_id: int, envelope_from: str, recipients: Sequence[str],
-             raw: bytes, *, maybe_sent: bool = False) -> str | None:
+             raw: bytes, *, maybe_sent: bool = False,
+             before_end: Callable[[], None] | None = None) -> str | None:
         digest = hashlib.sha256(raw).hexdigest()[:16]
         name = f"{outbox_id}.{digest}.maildesk"
         new = self.folder / "new" / name
@@ -160,6 +174,10 @@ class SmtpTransport:
         else:
             conn = smtplib.SMTP(cfg.host, cfg.port, timeout=timeout)
         try:
+            # DATA ends with a send() of its own (see _transact): without this, Nagle's
+            # algorithm holds that small last segment back until the body is acknowledged
+            if conn.sock is not None:
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.ehlo_or_helo_if_needed()
             if cfg.tls == "starttls":
                 conn.starttls(context=context)
@@ -172,12 +190,14 @@ class SmtpTransport:
         return conn
 
     def send(self, outbox_id: int, envelope_from: str, recipients: Sequence[str],
-             raw: bytes, *, maybe_sent: bool = False) -> str | None:
+             raw: bytes, *, maybe_sent: bool = False,
+             before_end: Callable[[], None] | None = None) -> str | None:
         # A smarthost cannot be asked whether it already has a message: maybe_sent is moot.
         try:
             if self.conn is None:
                 self.conn = self._connect()
-            refused = self.conn.sendmail(envelope_from, list(recipients), raw)
+            refused = self._transact(self.conn, envelope_from, list(recipients), raw,
+                                     before_end)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             raise DeliveryError(_refused(exc.recipients),
@@ -195,8 +215,47 @@ class SmtpTransport:
                                 permanent=False) from exc
         return f"refused by the smarthost: {_refused(refused)}" if refused else None
 
+    def _transact(self, conn: smtplib.SMTP, envelope_from: str, recipients: list[str],
+                  raw: bytes, before_end: Callable[[], None] | None,
+                  ) -> dict[str, tuple[int, bytes]]:
+        """smtplib's sendmail(), with `before_end` between the message and its final dot."""
+        options = [f"SIZE={len(raw)}"] if conn.does_esmtp and conn.has_extn("size") else []
+        code, resp = conn.mail(envelope_from, options)
+        if code != 250:
+            raise smtplib.SMTPSenderRefused(code, resp, envelope_from)
+        refused: dict[str, tuple[int, bytes]] = {}
+        for rcpt in recipients:
+            code, resp = conn.rcpt(rcpt)
+            if code not in (250, 251):
+                refused[rcpt] = (code, resp)
+        if len(refused) == len(recipients):
+            self._reset()
+            raise smtplib.SMTPRecipientsRefused(refused)
+        code, resp = conn.docmd("DATA")
+        if code != 354:
+            raise smtplib.SMTPDataError(code, resp)
+        body = _DOT_AT_LINE_START.sub(b"..", raw)
+        conn.send(body if body.endswith(b"\r\n") else body + b"\r\n")
+        if before_end is not None:
+            try:
+                before_end()
+            except BaseException:
+                self._drop()  # no dot: the smarthost discards the message
+                raise
+        conn.send(b".\r\n")  # the point of no return
+        code, resp = conn.getreply()
+        if code != 250:
+            raise smtplib.SMTPDataError(code, resp)
+        return refused
+
     def sync(self) -> None:
         pass  # the smarthost's 250 already means it has the message
+
+    def _drop(self) -> None:
+        """Close the connection without QUIT (mid-DATA it would be read as text)."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
 
     def _reset(self) -> None:
         """After a refused transaction the connection may be reused: RSET, or drop it."""
@@ -215,6 +274,9 @@ class SmtpTransport:
             conn.quit()
         except (smtplib.SMTPException, OSError):
             conn.close()
+
+
+_DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
 
 
 def _reply(exc: smtplib.SMTPResponseException) -> str:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
@@ -22,14 +23,17 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, create_engine
 
 from maildesk.store import direct
-from maildesk.store.direct import SCHEMA_HEAD, StoreUnavailable
-from maildesk.store.raw import Raw
+from maildesk.store.direct import SCHEMA_HEAD, THREADING_LOCK_KEY, StoreUnavailable
+from maildesk.store.raw import Raw, raw
+
+if TYPE_CHECKING:
+    from maildesk.store.raw import Tx
 
 __all__ = ["SCHEMA_HEAD", "Database", "StoreUnavailable", "WouldWait"]
 
 log = logging.getLogger(__name__)
 
-THREADING_LOCK_KEY = 0x6D61696C  # "mail": one advisory lock serialises threading on PostgreSQL
+MIGRATION_LOCK_KEY = 0x6D646462  # "mddb": nodes starting together migrate one at a time
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 
 
@@ -52,6 +56,9 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 5, echo: bool = False) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        # When and why a write failed, until one works again: a full or read-only disk
+        # leaves reads working, so only a write tells (see refusing_writes).
+        self.refused: tuple[datetime, str] | None = None
         self._lock = threading.RLock()
         self._writer: AbstractContextManager[object] = (
             self._lock if self.is_sqlite else nullcontext())
@@ -106,17 +113,48 @@ class Database:
         processing was never seen, and it is simply done again (its messages are queued
         again); a process crash loses nothing either way."""
         engine = self.engine if durable else self.lazy_engine
-        with self._writer, self._transaction(engine) as session:
+        with self._noting_refusals(), self._writer, self._transaction(engine) as session:
             if not durable and not self.is_sqlite:
                 session.execute(text("SET LOCAL synchronous_commit = off"))
             yield session
 
     @contextmanager
-    def write_raw(self) -> Iterator[Raw]:
+    def write_raw(self, *, durable: bool = True) -> Iterator[Raw]:
         """A write transaction without an ORM session, for intake's inserts (store.raw):
-        the session costs more than the insert of a message."""
-        with self._writer, _unavailable_on_error(), self.engine.begin() as conn:
+        the session costs more than the insert of a message. `durable` as in write()."""
+        engine = self.engine if durable else self.lazy_engine
+        with self._noting_refusals(), self._writer, _unavailable_on_error(), \
+                engine.begin() as conn:
+            if not durable and not self.is_sqlite:
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
             yield Raw(conn)
+
+    @contextmanager
+    def _noting_refusals(self) -> Iterator[None]:
+        try:
+            yield
+        except StoreUnavailable as exc:
+            if self.refused is None:
+                self.refused = (datetime.now(UTC), str(exc))
+            raise
+        self.refused = None
+
+    def refusing_writes(self) -> str | None:
+        """Why writes fail, when the last one failed and a probe fails too (the health
+        check asks: on a full disk every message gets 451 while reads still work); None
+        when writes work. The probe rewrites one row of Alembic's table, and runs only
+        while a failure is noted, so a healthy daemon writes nothing for it."""
+        if self.refused is None:
+            return None
+        try:
+            with self.write_raw() as r:
+                r.run("UPDATE alembic_version SET version_num = version_num")
+        except StoreUnavailable:
+            pass
+        if self.refused is None:
+            return None
+        since, why = self.refused
+        return f"since {since.isoformat(timespec='seconds')}: {why}"
 
     @contextmanager
     def write_raw_now(self) -> Iterator[Raw]:
@@ -152,12 +190,12 @@ class Database:
         except OperationalError as exc:
             raise StoreUnavailable(_one_line(exc)) from exc
 
-    def lock_threading(self, session: Session) -> None:
+    def lock_threading(self, session: Tx) -> None:
         """Serialise ticket creation and threading across processes (PostgreSQL).
 
         On SQLite, BEGIN IMMEDIATE already gives one writer at a time."""
         if not self.is_sqlite:
-            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": THREADING_LOCK_KEY})
+            raw(session).one("SELECT pg_advisory_xact_lock(?)", (THREADING_LOCK_KEY,))
 
     def upgrade(self) -> None:
         """Apply Alembic migrations up to head."""
@@ -169,8 +207,22 @@ class Database:
         cfg.set_main_option("sqlalchemy.url", self.url)
         try:
             with self.engine.connect() as conn:
+                if not self.is_sqlite:
+                    # Several nodes started at once on an empty database would all create
+                    # the tables (and all but one crash): they take turns, and Alembic,
+                    # reading the version after the wait, finds nothing left to do.
+                    conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+                    conn.commit()
                 cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+                try:
+                    command.upgrade(cfg, "head")
+                finally:
+                    if not self.is_sqlite:  # a lost connection took the lock with it
+                        with suppress(DBAPIError):
+                            conn.rollback()
+                            conn.execute(text("SELECT pg_advisory_unlock(:k)"),
+                                         {"k": MIGRATION_LOCK_KEY})
+                            conn.commit()
         except OperationalError as exc:
             raise StoreUnavailable(_one_line(exc)) from exc
 

@@ -19,6 +19,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from maildesk.store import direct
+
 log = logging.getLogger(__name__)
 SCHEDULER_LOCK_KEY = 0x6D64736B  # "mdsk"
 
@@ -33,7 +35,9 @@ class AlwaysLeader:
 
 class AdvisoryLeader:
     def __init__(self, url: str, key: int = SCHEDULER_LOCK_KEY) -> None:
-        self.engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 5})
+        # direct.connect: TCP keepalives both ways, so a dead host's lock is freed soon
+        self.engine = create_engine(url, poolclass=NullPool,
+                                    creator=lambda: direct.connect(url, timeout=5))
         self.key = key
         self.conn: Connection | None = None
         self.leading = False

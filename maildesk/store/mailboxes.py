@@ -10,6 +10,7 @@ lock and the one that took over) can never both store the same messages.
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,11 +18,11 @@ from datetime import datetime
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session
 
-from maildesk.store import inbox
+from maildesk.store import direct, inbox
 from maildesk.store.db import Database, StoreUnavailable
 from maildesk.store.inbox import utcnow
 from maildesk.store.raw import placeholders, raw
@@ -135,7 +136,9 @@ class MailboxLock:
         if self._conn is not None:
             return self.held()
         try:
-            self._engine = self._engine or create_engine(self._url, poolclass=NullPool)
+            url = self._url  # direct.connect: keepalives, so a dead host's lock is freed
+            self._engine = self._engine or create_engine(
+                url, poolclass=NullPool, creator=lambda: direct.connect(url, timeout=5))
             conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:a, :b)"),
                                     {"a": self._key[0], "b": self._key[1]}).scalar())
@@ -161,15 +164,19 @@ class MailboxLock:
             return False
 
     def release(self) -> None:
+        """Give the lock up; a connection that is gone (PostgreSQL restarted, the network
+        cut) took it with it. SQLAlchemy refuses any further statement on a connection
+        that failed (PendingRollbackError, not a DBAPIError), hence the wider catch."""
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
                 conn.execute(text("SELECT pg_advisory_unlock(:a, :b)"),
                              {"a": self._key[0], "b": self._key[1]})
-            except (OperationalError, DBAPIError):
+            except SQLAlchemyError:
                 pass  # the connection is gone, and the lock with it
             finally:
-                conn.close()
+                with contextlib.suppress(SQLAlchemyError):
+                    conn.close()
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
