@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from maildesk.config import Settings
+    from maildesk.parse_pool import WholeParser
     from maildesk.pipeline import Pipeline, Reactor
     from maildesk.store import Database
     from maildesk.store.direct import DirectDatabase, Writable
@@ -44,7 +45,9 @@ def reactors(settings: Settings) -> list[Reactor]:
     return [OutboundReactor(settings)]
 
 
-def build_pipeline(settings: Settings, db: Writable) -> Pipeline:
+def build_pipeline(settings: Settings, db: Writable,
+                   parser: WholeParser | None = None) -> Pipeline:
+    """`parser`: the daemon's worker processes that read messages whole (else in-process)."""
     from maildesk.pipeline import Pipeline
 
-    return Pipeline(settings, db, reactors(settings))
+    return Pipeline(settings, db, reactors(settings), parser=parser)

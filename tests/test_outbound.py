@@ -258,6 +258,9 @@ def test_maildir_delivery_is_idempotent(tmp_path: Path) -> None:
     transport = MaildirTransport(tmp_path / "md")
     raw = b"Subject: x\r\n\r\nbody\r\n"
     assert transport.send(7, "bounces+7-abc@example.com", ["a@b.example"], raw) is None
+    assert list((tmp_path / "md" / "new").iterdir()) == []  # delivered once synced
+    assert transport.send(7, "bounces+7-abc@example.com", ["a@b.example"], raw) is not None
+    transport.sync()
     assert transport.send(7, "bounces+7-abc@example.com", ["a@b.example"], raw) is not None
     [path] = list((tmp_path / "md" / "new").iterdir())
     assert path.read_bytes() == b"Return-Path: <bounces+7-abc@example.com>\nSubject: x\n\nbody\n"
@@ -267,6 +270,22 @@ def test_maildir_delivery_is_idempotent(tmp_path: Path) -> None:
     assert transport.send(7, "bounces+7-abc@example.com", ["a@b.example"], raw,
                           maybe_sent=True) == "already in the Maildir"
     assert list((tmp_path / "md" / "new").iterdir()) == []
+
+
+def test_maildir_delivers_a_batch_when_it_is_synced(tmp_path: Path) -> None:
+    transport = MaildirTransport(tmp_path / "md")
+    for i in range(20):
+        raw = f"Subject: {i}\r\n\r\nbody\r\n".encode()
+        assert transport.send(i, f"bounces+{i}@example.com", ["a@b.example"], raw) is None
+    assert list((tmp_path / "md" / "new").iterdir()) == []
+    transport.sync()  # the sender records the batch as sent after this
+    new = sorted((tmp_path / "md" / "new").iterdir(), key=lambda f: int(f.name.split(".")[0]))
+    assert [f.read_bytes().split(b"\n")[1] for f in new] == [
+        f"Subject: {i}".encode() for i in range(20)]
+    transport.send(99, "bounces+99@example.com", ["a@b.example"], b"Subject: x\r\n\r\n")
+    transport.close()  # never synced: not delivered (the row is sent again later)
+    assert len(list((tmp_path / "md" / "new").iterdir())) == 20
+    assert list((tmp_path / "md" / "tmp").iterdir()) == []
 
 
 def test_a_row_whose_lease_ran_out_is_delivered_once(tmp_path: Path) -> None:
@@ -280,6 +299,7 @@ def test_a_row_whose_lease_ran_out_is_delivered_once(tmp_path: Path) -> None:
     transport = MaildirTransport(tmp_path / "outbox")
     assert transport.send(first.item.id, first.item.envelope_from, first.item.recipients,
                           first.raw, maybe_sent=first.reclaimed) is None
+    transport.sync()
     [delivered] = list((tmp_path / "outbox" / "new").iterdir())
     delivered.rename(tmp_path / "outbox" / "cur" / f"{delivered.name}:2,S")
     # the sender died before recording it; after the lease, another claim gets it again

@@ -248,6 +248,14 @@ def mark(
           (state.value, reason, ticket_id, entry_id, r.time(now or utcnow()), inbox_id))
 
 
+def mark_failed(s: Tx, inbox_id: int, reason: str) -> None:
+    """`failed` with its reason, inside the caller's transaction; the ticket and entry it
+    may have already (stored from its headers) are kept."""
+    raw(s).run("UPDATE inbox SET attempts = attempts + 1, reason = ?, claimed_until = NULL,"
+               " state = ? WHERE id = ?",
+               (" ".join(reason.split())[:500], InboxState.FAILED.value, inbox_id))
+
+
 def record_failure(db: Writable, inbox_id: int, reason: str) -> None:
     """Park a message that processing could not handle: `failed`, with a one-line reason.
 
