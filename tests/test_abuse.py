@@ -5,8 +5,6 @@ a real SMTP client (smtplib and raw sockets), the outgoing mail read from its Ma
 
 from __future__ import annotations
 
-import email
-import email.policy
 import re
 import smtplib
 import socket
@@ -24,7 +22,7 @@ from maildesk.store import inbox
 from maildesk.store.tables import InboxRow, OutboxRow
 from tests.agent_helpers import ALICE, BOB
 from tests.helpers import SECRET
-from tests.test_serve import Daemon, free_port, message, processed, wait_for
+from tests.test_serve import Daemon, free_port, message, processed, running, wait_for
 from tests.test_serve_agents import all_sent
 
 DESK = "support@example.com"
@@ -33,23 +31,7 @@ DESK = "support@example.com"
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     d = Daemon(tmp_path_factory.mktemp("abuse"))
-    try:
-        d.start()
-        yield d
-        assert d.stop() == 0
-    finally:
-        d.kill()
-
-
-def outgoing(d: Daemon) -> list[tuple[bytes, EmailMessage]]:
-    """Every message the daemon wrote to its Maildir, raw and parsed, oldest first."""
-    found = []
-    for path in sorted(d.maildir.glob("*"), key=lambda p: int(p.name.split(".")[0])):
-        raw = path.read_bytes()
-        msg = email.message_from_bytes(raw, policy=email.policy.default)
-        assert isinstance(msg, EmailMessage)
-        found.append((raw, msg))
-    return found
+    yield from running(d)
 
 
 # --- open relay ------------------------------------------------------------------------------
@@ -101,7 +83,7 @@ def test_open_relay_probes_are_refused_and_nothing_is_relayed(daemon: Daemon) ->
     assert set(stored) == {"support@example.com", "billing@example.com", "postmaster",
                            "support+42-abcdefgh@example.com", "postmaster@example.com"}
     assert sorted(sent) == sorted(["mallory@evil.example", ALICE, BOB])  # ack, notifications
-    for raw, msg in outgoing(d):
+    for raw, msg in d.delivered():
         assert "victim" not in (msg["To"] or "") + (msg["Cc"] or ""), raw[:300]
 
 
@@ -189,7 +171,7 @@ def test_crlf_and_10kb_values_never_reach_outgoing_headers_unfolded(daemon: Daem
     wait_for("the relay and the second ack",
              lambda: len(d.mails_to("eve1@customer.example")) == 2
              and d.mails_to("eve2@customer.example"))
-    sent = [(r, m) for r, m in outgoing(d) if m["To"] in (
+    sent = [(r, m) for r, m in d.delivered() if m["To"] in (
         "eve1@customer.example", "eve2@customer.example", ALICE, BOB)
         and ("long id" in m["Subject"] or tag in m["Subject"])]
     assert len(sent) == 7  # per ticket an ack and two notifications; the relay
@@ -351,12 +333,7 @@ def tight(tmp_path: Path) -> Iterator[Daemon]:
     """A daemon with 3 connections, a 3 s timeout and busy_idle_timeout 1 s."""
     d = Daemon(tmp_path / "tight", smtp='max_connections = 3\nconnection_timeout = "3s"\n'
                                          'busy_idle_timeout = "1s"')
-    try:
-        d.start()
-        yield d
-        assert d.stop() == 0
-    finally:
-        d.kill()
+    yield from running(d)
 
 
 class Raw:

@@ -21,7 +21,7 @@ from maildesk.store.direct import DirectDatabase, Reader, StoreUnavailable
 from maildesk.store.raw import savepoint
 from tests.helpers import REPO, SECRET, write_config
 from tests.helpers import message as lf_message
-from tests.test_serve import Daemon, message, wait_for
+from tests.test_serve import Daemon, message, running, wait_for
 
 FIRST = "<path-1@customer.example>"
 
@@ -104,12 +104,7 @@ def follow_ups_done(url: str) -> bool:
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
     d = Daemon(tmp_path / "daemon")
-    try:
-        d.start()
-        yield d
-        assert d.stop() == 0
-    finally:
-        d.kill()
+    yield from running(d)
 
 
 def test_with_and_without_a_daemon_the_desk_ends_up_the_same(
