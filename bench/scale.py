@@ -694,7 +694,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1, help="ingest runs into each desk")
     ap.add_argument("--reuse", action="store_true",
                     help="measure the desk an earlier --keep left in DIR (or --database)")
-    ap.add_argument("--reads", type=int, default=5, help="runs of each read command (median; 0: none)")
+    ap.add_argument("--reads", type=int, default=5,
+                    help="runs of each read command (median; 0: none)")
     args = ap.parse_args()
     began = time.time()
 
