@@ -689,11 +689,13 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON line")
     ap.add_argument("--database", metavar="URL",
                     help="the (empty) database to fill; default a SQLite file")
-    ap.add_argument("--messages", type=int, default=2000, help="the ingest workload")
+    ap.add_argument("--messages", type=int, default=2000,
+                    help="messages of the ingest workload (0: no ingest)")
     ap.add_argument("--runs", type=int, default=1, help="ingest runs into each desk")
     ap.add_argument("--reuse", action="store_true",
                     help="measure the desk an earlier --keep left in DIR (or --database)")
-    ap.add_argument("--reads", type=int, default=5, help="runs of each read command (median)")
+    ap.add_argument("--reads", type=int, default=5,
+                    help="runs of each read command (median; 0: none)")
     args = ap.parse_args()
     began = time.time()
 
