@@ -44,21 +44,23 @@ sys.path.insert(0, str(REPO))
 from tests.dovecot import dovecot_missing, remove, start_dovecot  # noqa: E402
 from tests.helpers import message  # noqa: E402
 from tests.outage_load import (  # noqa: E402
-    BackendKill,
-    FileSizeLimit,
-    FullDisk,
     Outage,
     Outages,
-    Partition,
-    ProxyOutage,
     SmtpLoad,
     connect,
     max_rss_kb,
     run_outage,
     store_rows,
+    verdict,
+)
+from tests.outages import (  # noqa: E402
+    BackendKill,
+    FileSizeLimit,
+    FullDisk,
+    Partition,
+    ProxyOutage,
     tmpfs,
     unmount,
-    verdict,
 )
 from tests.tcp_proxy import TcpProxy  # noqa: E402
 from tests.test_imap import mailbox_toml  # noqa: E402

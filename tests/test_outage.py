@@ -17,17 +17,8 @@ import pytest
 
 from tests.dovecot import Dovecot, dovecot_missing, remove, start_dovecot
 from tests.helpers import message
-from tests.outage_load import (
-    BackendKill,
-    FileSizeLimit,
-    Outages,
-    Partition,
-    ProxyOutage,
-    SmtpLoad,
-    run_outage,
-    store_rows,
-    verdict,
-)
+from tests.outage_load import Outages, SmtpLoad, run_outage, store_rows, verdict
+from tests.outages import BackendKill, FileSizeLimit, Partition, ProxyOutage
 from tests.tcp_proxy import TcpProxy
 from tests.test_imap import mailbox_toml
 from tests.test_operations import get, with_metrics
