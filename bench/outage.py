@@ -192,7 +192,8 @@ def run_postgresql(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         imap_once = sum(1 for m, e in entries.items() if m.startswith("imap-") and len(e) == 1)
         return report("postgresql", d, load, outages, db_url, recover, True, imap_sent, {
             "imap_stored_once": imap_once, "imap_flagged_while_away": flagged_while_away,
-            "settled_after_load_s": round(settled, 1), "sessions_killed": kills.killed, "partitions": args.outages if part else 0,
+            "settled_after_load_s": round(settled, 1), "sessions_killed": kills.killed,
+            "partitions": args.outages if part else 0,
             "log_internal_errors": d.log().count("unexpected error")})
     finally:
         for c in load.clients:
@@ -234,7 +235,8 @@ def run_sqlite(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         load.finish(timeout=300)
         settled = settle(db_url, len(load.accepted), timeout=1500)
         return report("sqlite", d, load, outages, db_url, recover, False, 0, {
-            "settled_after_load_s": round(settled, 1), "full_disk_by": "RLIMIT_FSIZE" + (" and a full tmpfs" if mounted else ""),
+            "settled_after_load_s": round(settled, 1),
+            "full_disk_by": "RLIMIT_FSIZE" + (" and a full tmpfs" if mounted else ""),
             "log_internal_errors": d.log().count("unexpected error")})
     finally:
         for c in load.clients:
