@@ -223,13 +223,25 @@ class Database:
 
 @contextmanager
 def _unavailable_on_error() -> Iterator[None]:
-    """Database-side failures that a retry can cure become StoreUnavailable."""
+    """Database-side failures that a retry can cure become StoreUnavailable: SQLAlchemy's,
+    and the driver's own from store.raw's statements, which run on the driver's cursor
+    (without this, a connection that PostgreSQL killed mid-batch read as a bad message)."""
     try:
         yield
     except (OperationalError, DBAPIError) as exc:
         if isinstance(exc, DBAPIError) and not _is_transient(exc):
             raise
         raise StoreUnavailable(_one_line(exc)) from exc
+    except Exception as exc:
+        if not (_from_driver(exc) and direct.is_transient(exc)):
+            raise
+        raise StoreUnavailable(_one_line(exc)) from exc
+
+
+def _from_driver(exc: Exception) -> bool:
+    """Raised by sqlite3 or psycopg themselves (checked by name: no import of psycopg for a
+    SQLite database)."""
+    return type(exc).__module__.partition(".")[0] in ("sqlite3", "psycopg")
 
 
 def _is_transient(exc: DBAPIError) -> bool:
