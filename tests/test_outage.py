@@ -1,10 +1,10 @@
 """The database goes away under load (issue 13, outage): a real `maildesk serve`, real SMTP
 clients sending without pause (tests/outage_load.py), a real Dovecot mailbox, the local
-PostgreSQL behind a TCP proxy that the test stops (never the server itself), and SQLite on a
-disk that runs full. While the database is away every DATA gets `451` (never `250`, never a
-5xx, never a dropped connection), the IMAP poller flags and moves nothing, `/healthz` says
-unhealthy; once it is back, every message the clients retry is stored once, on one ticket,
-with one acknowledgement, and the daemon never exited."""
+PostgreSQL behind a TCP proxy that the test stops (never the server itself) or cuts off in
+silence (tests/outages.py), and SQLite on a disk that runs full. While the database is away
+every DATA gets `451` (never `250`, never a 5xx, never a dropped connection), the IMAP poller
+flags and moves nothing, `/healthz` says unhealthy; once it is back, every message the clients
+retry is stored once, on one ticket, with one acknowledgement, and the daemon never exited."""
 
 from __future__ import annotations
 
