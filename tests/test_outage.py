@@ -116,9 +116,8 @@ def test_postgresql_goes_away_under_smtp_and_imap_load(
         wait_for("everything processed and sent", lambda: settled(pg_url, sent), timeout=30)
 
         assert d.proc is not None and d.proc.poll() is None, "the daemon exited"
-        log = d.log()  # an outage is never taken for a bug, nor a message for a bad one
+        log = d.log()  # an outage is never taken for a bug
         assert "unexpected error" not in log and "internal error" not in log
-        assert "a message of the batch failed" not in log and "processing failed" not in log
         v = verdict(load, outages, pg_url, d.folder / "outbox")
         print(v.summary())
         assert v.in_outage[451] >= 10 and v.in_outage[250] == 0

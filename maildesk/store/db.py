@@ -233,9 +233,24 @@ def _unavailable_on_error() -> Iterator[None]:
             raise
         raise StoreUnavailable(_one_line(exc)) from exc
     except Exception as exc:
-        if not (_from_driver(exc) and direct.is_transient(exc)):
+        cause = _transient_cause(exc)
+        if cause is None:
             raise
-        raise StoreUnavailable(_one_line(exc)) from exc
+        raise StoreUnavailable(_one_line(cause)) from exc
+
+
+def _transient_cause(exc: BaseException) -> BaseException | None:
+    """The driver's transient error behind `exc`, if any: itself, or one it was raised while
+    handling (a rollback on a connection that died raises SQLAlchemy's PendingRollbackError,
+    which is no DBAPIError, with the connection loss as its context)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, Exception) and _from_driver(e) and direct.is_transient(e):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _from_driver(exc: Exception) -> bool:
