@@ -1,7 +1,7 @@
 """CLI benchmark: how long an operator waits for a read command, and how fast an MTA pipe
 can feed `maildesk ingest`, one process per message.
 
-    python bench/cli.py [--tickets 2000] [--runs 10] [--ingest 40] [--json]
+    python bench/cli.py [--tickets 2000] [--runs 10] [--ingest 40] [--against PYTHON] [--json]
 
 Fills a fresh SQLite desk with `--tickets` conversations' worth of generated mail (the
 workload of bench/ingest.py, processed by the real pipeline, acks and notifications
@@ -10,10 +10,14 @@ entry point next to this Python, as an operator's shell starts it) and prints th
 wall time. Then `--ingest` new messages go through `maildesk ingest --json` one process
 at a time, without a daemon (each process processes its message) and next to a running
 `maildesk serve` (each process commits, rings the daemon and waits for its result):
-msg/s (of the time in the processes), the median per process, and the states the
-processes reported. Next to the daemon each alternates with an `ingest --queue` (a
-process that only commits: the floor of one process per message). `python -c pass`
-is timed too: on a busy machine everything is slower, the floor included.
+msg/s of the median process (1 / median), and the states the processes reported. Next
+to the daemon each alternates with an `ingest --queue` (a process that only commits:
+the floor of one process per message). `python -c pass` is timed too, and the load
+average is printed: on a busy machine everything is slower, the floor included.
+
+`--against PYTHON` pairs two installations (e.g. a venv of the commit before): each
+gets a desk of its own, seeded alike, and every measured process alternates between
+them, so both see the same moments of a busy machine. Each column is one installation.
 
 Install the package regularly (`pip install .`) for figures an operator would see: an
 editable install adds an import hook to every process.
@@ -33,25 +37,62 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import Daemon, generate  # noqa: E402  (bench/ingest.py, next to this file)
+from ingest import Daemon, generate, wait_port  # noqa: E402  (bench/ingest.py, next to this file)
 
 READS = [
     ("tickets list", ["tickets", "list"]),
     ("tickets list --json", ["tickets", "list", "--json"]),
     ("tickets list --status open", ["tickets", "list", "--status", "open"]),
     ("tickets show ID", ["tickets", "show", "{ticket}"]),
+    ("sla show ID", ["sla", "show", "{ticket}"]),
     ("inbox list", ["inbox", "list"]),
     ("outbox list", ["outbox", "list"]),
     ("report", ["report"]),
 ]
 
+SEED = """
+import sys
+sys.path.insert(0, {bench!r})
+from cli import seed
+from ingest import generate
+print(seed({config!r}, generate({tickets}, seed=7)))
+"""
 
-def maildesk() -> list[str]:
-    exe = Path(sys.executable).with_name("maildesk")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "maildesk.cli"]
+
+def maildesk(python: str) -> list[str]:
+    exe = Path(python).with_name("maildesk")
+    return [str(exe)] if exe.exists() else [python, "-m", "maildesk.cli"]
 
 
-def seed(config: Path, messages: list[bytes]) -> int:
+class Desk(Daemon):
+    """A desk of one installation (its `python`), with its `maildesk serve` on demand."""
+
+    def __init__(self, folder: Path, python: str) -> None:
+        folder.mkdir()
+        super().__init__(folder)
+        self.python = python
+        self.ticket = 0
+
+    def start(self) -> None:
+        log = open(self.folder / "daemon.log", "wb")  # noqa: SIM115 - lives as long as the daemon
+        self.proc = subprocess.Popen(
+            [self.python, "-m", "maildesk.cli", "serve", "--config", str(self.config)],
+            stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "MAILDESK_LOG_LEVEL": "WARNING"})
+        wait_port(self.port, self.proc)
+
+    def seed(self, tickets: int) -> None:
+        """Seeded by its own installation (its pipeline, its schema)."""
+        done = subprocess.run([self.python, "-c", SEED.format(
+            bench=str(Path(__file__).resolve().parent), config=str(self.config),
+            tickets=tickets)], capture_output=True, check=True)
+        self.ticket = int(done.stdout.split()[-1])
+
+    def argv(self, *args: str) -> list[str]:
+        return [*maildesk(self.python), *args, "--config", str(self.config)]
+
+
+def seed(config: str, messages: list[bytes]) -> int:
     """Store and process `messages` through the real pipeline; the ticket with the most
     entries (for `tickets show`)."""
     from maildesk.app import build_pipeline, open_database
@@ -60,7 +101,7 @@ def seed(config: Path, messages: list[bytes]) -> int:
     from maildesk.identity import identity
     from maildesk.store import inbox
 
-    settings = load_settings(config)
+    settings = load_settings(Path(config))
     db = open_database(settings)
     pipeline = build_pipeline(settings, db)
     for i in range(0, len(messages), 256):
@@ -89,41 +130,45 @@ def timed(argv: list[str], stdin: bytes | None = None) -> tuple[float, bytes]:
     return took, done.stdout
 
 
-def reads(config: Path, ticket: int, runs: int) -> dict[str, float]:
-    """Median seconds of each read command; the runs of the commands interleave, so a
-    busy moment of the machine spreads over all of them."""
-    times: dict[str, list[float]] = {name: [] for name, _ in READS}
+def reads(desks: list[Desk], runs: int) -> list[dict[str, float]]:
+    """Median seconds of each read command per desk; the runs of the commands and of the
+    desks interleave, so a busy moment of the machine spreads over all of them."""
+    times: list[dict[str, list[float]]] = [{name: [] for name, _ in READS} for _ in desks]
     for _ in range(runs):
         for name, args in READS:
-            argv = [*maildesk(), *(a.format(ticket=ticket) for a in args),
-                    "--config", str(config)]
-            times[name].append(timed(argv)[0])
-    return {name: statistics.median(ts) for name, ts in times.items()}
+            for desk, mine in zip(desks, times, strict=True):
+                mine[name].append(timed(desk.argv(*(a.format(ticket=desk.ticket)
+                                                    for a in args)))[0])
+    return [{name: statistics.median(ts) for name, ts in mine.items()} for mine in times]
 
 
-def ingest(config: Path, messages: list[bytes], *, queue: list[bytes] | None = None
-           ) -> dict[str, object]:
-    """`maildesk ingest --json` one process per message, one at a time. With `queue`,
-    each alternates with an `ingest --queue` of a message of that list (the floor: a
-    process that only commits), reported as `queue_msg_s` and `queue_median_ms`."""
-    argv = [*maildesk(), "ingest", "--json", "--config", str(config),
-            "--recipient", "support@example.com", "-"]
-    per: list[float] = []
-    floor: list[float] = []
-    states: Counter[str] = Counter()
+def ingest(desks: list[Desk], messages: list[bytes], *, queue: list[bytes] | None = None
+           ) -> list[dict[str, object]]:
+    """`maildesk ingest --json` one process per message, one at a time, the desks taking
+    turns. With `queue`, each alternates with an `ingest --queue` of a message of that
+    list (the floor: a process that only commits), reported as `queue_msg_s` and
+    `queue_median_ms`. msg/s is that of the median process."""
+    per: list[list[float]] = [[] for _ in desks]
+    floor: list[list[float]] = [[] for _ in desks]
+    states: list[Counter[str]] = [Counter() for _ in desks]
     for i, raw in enumerate(messages):
-        took, out = timed(argv, raw)
-        per.append(took)
-        states[json.loads(out)["state"]] += 1
-        if queue:
-            floor.append(timed([*argv[:-1], "--queue", "-"], queue[i])[0])
-    result: dict[str, object] = {"msg_s": len(per) / sum(per),
-                                 "median_ms": statistics.median(per) * 1000,
-                                 "states": dict(states)}
-    if floor:
-        result.update(queue_msg_s=len(floor) / sum(floor),
-                      queue_median_ms=statistics.median(floor) * 1000)
-    return result
+        for k, desk in enumerate(desks):
+            argv = desk.argv("ingest", "--json", "--recipient", "support@example.com")
+            took, out = timed([*argv, "-"], raw)
+            per[k].append(took)
+            states[k][json.loads(out)["state"]] += 1
+            if queue:
+                floor[k].append(timed([*argv, "--queue", "-"], queue[i])[0])
+    results: list[dict[str, object]] = []
+    for k in range(len(desks)):
+        median = statistics.median(per[k])
+        result: dict[str, object] = {"msg_s": 1 / median, "median_ms": median * 1000,
+                                     "states": dict(states[k])}
+        if floor[k]:
+            median = statistics.median(floor[k])
+            result.update(queue_msg_s=1 / median, queue_median_ms=median * 1000)
+        results.append(result)
+    return results
 
 
 def interpreter_ms(runs: int) -> float:
@@ -138,40 +183,59 @@ def main() -> None:
     ap.add_argument("--tickets", type=int, default=2000, help="messages to seed the desk with")
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--ingest", type=int, default=40, help="messages for the ingest figures")
+    ap.add_argument("--against", metavar="PYTHON",
+                    help="a second installation's python: paired figures, a column each")
     ap.add_argument("--json", action="store_true", help="print one JSON line")
     args = ap.parse_args()
+    pythons = [sys.executable, *([args.against] if args.against else [])]
     with tempfile.TemporaryDirectory(prefix="maildesk-bench-cli-") as tmp:
-        daemon = Daemon(Path(tmp))
-        seeded = generate(args.tickets, seed=7)
-        ticket = seed(daemon.config, seeded)
+        desks = [Desk(Path(tmp) / f"desk{k}", python) for k, python in enumerate(pythons)]
+        for desk in desks:
+            desk.seed(args.tickets)
         fresh = generate(args.tickets + 3 * args.ingest, seed=7)[args.tickets:]
         n = args.ingest
-        result: dict[str, object] = {"python_ms": interpreter_ms(args.runs),
-                                     "reads_s": reads(daemon.config, ticket, args.runs)}
-        result["ingest_no_daemon"] = ingest(daemon.config, fresh[:n])
-        daemon.start()
+        result: dict[str, object] = {"pythons": pythons, "load_before": os.getloadavg(),
+                                     "python_ms": interpreter_ms(args.runs),
+                                     "reads_s": reads(desks, args.runs)}
+        result["ingest_no_daemon"] = ingest(desks, fresh[:n])
+        for desk in desks:
+            desk.start()
         try:
-            result["ingest_daemon"] = ingest(daemon.config, fresh[n:2 * n],
-                                             queue=fresh[2 * n:])
+            result["ingest_daemon"] = ingest(desks, fresh[n:2 * n], queue=fresh[2 * n:])
         finally:
-            daemon.stop()
+            for desk in desks:
+                desk.stop()
+        result["load_after"] = os.getloadavg()
     if args.json:
         print(json.dumps(result))
         return
+    report(result, args)
+
+
+def report(result: dict[str, object], args: argparse.Namespace) -> None:
+    pythons = result["pythons"]
+    assert isinstance(pythons, list)
+    load = f"load average {result['load_before'][0]:.1f} before, "  # type: ignore[index]
+    load += f"{result['load_after'][0]:.1f} after"  # type: ignore[index]
     print(f"{args.tickets} messages seeded; medians of {args.runs} runs, {os.cpu_count()} CPUs, "
           f"Python {sys.version.split()[0]} (`python -c pass`: {result['python_ms']:.0f} ms), "
-          f"{' '.join(maildesk())}")
-    for name, seconds in result["reads_s"].items():  # type: ignore[attr-defined]
-        print(f"  {name:<28} {seconds * 1000:6.0f} ms")
+          f"{load}")
+    for k, python in enumerate(pythons):
+        print(f"  [{k}] {' '.join(maildesk(python))}")
+    for name, _ in READS:
+        cells = "  ".join(f"{r[name] * 1000:6.0f} ms" for r in result["reads_s"])  # type: ignore[attr-defined]
+        print(f"  {name:<44} {cells}")
     for key, what in (("ingest_no_daemon", "without a daemon"),
                       ("ingest_daemon", "next to a running daemon")):
-        r = result[key]
-        assert isinstance(r, dict)
-        print(f"  ingest --json, {what:<25} {r['msg_s']:5.1f} msg/s "
-              f"(median {r['median_ms']:.0f} ms a process; states {r['states']})")
-        if "queue_msg_s" in r:
-            print(f"  ingest --queue, alternating with it     {r['queue_msg_s']:5.1f} msg/s "
-                  f"(median {r['queue_median_ms']:.0f} ms a process: the floor)")
+        rows = result[key]
+        assert isinstance(rows, list)
+        cells = "  ".join(f"{r['msg_s']:5.1f} msg/s ({r['median_ms']:4.0f} ms)" for r in rows)
+        print(f"  ingest --json, {what:<29} {cells}")
+        print(f"  {'':<44} states: {'  '.join(str(r['states']) for r in rows)}")
+        if "queue_msg_s" in rows[0]:
+            cells = "  ".join(f"{r['queue_msg_s']:5.1f} msg/s ({r['queue_median_ms']:4.0f} ms)"
+                              for r in rows)
+            print(f"  ingest --queue, alternating (the floor)      {cells}")
 
 
 if __name__ == "__main__":

@@ -6,13 +6,17 @@ For each connection count it sends the same N generated messages (~30% new
 conversations, the rest replies with In-Reply-To/References, ~10% carrying a 50-200 KB
 attachment, UTF-8 and ISO-8859-1 subjects) twice: to a bare aiosmtpd server that only
 writes and fsyncs each message, and to a real `maildesk serve` on a fresh SQLite
-database. It prints accepted msg/s (first DATA to last 250), end-to-end msg/s (first DATA
-to last ticket committed), mail-queued msg/s (first DATA to the last follow-up done: body
-filled in, outgoing mail in the outbox), each as a ratio of the bare server (the median
-of the ratios of paired runs: the two alternate), the latency from 250 to ticket and to
-mail queued at a paced `--rate`, and the daemon's peak RSS.
+database. It prints, first, fully processed msg/s (first DATA to the last message done
+whole: its ticket, body and attachments stored, and every outgoing mail written into the
+Maildir), then accepted msg/s (first DATA to last 250), ticket-from-headers msg/s (first
+DATA to last ticket committed), mail-queued msg/s (first DATA to the last follow-up done:
+body filled in, outgoing mail in the outbox), each as a ratio of the bare server (the
+median of the ratios of paired runs: the two alternate), the latency from 250 to ticket
+and to mail queued at a paced `--rate`, and the daemon's peak RSS.
+`--parse-processes N` sets the daemon's `[workers] parse_processes` (default: its own).
 `--pipe N` also feeds N messages through `maildesk ingest --queue`, one process per
-message, next to a running daemon.
+message, next to a running daemon. `--nodes 1 2 3` prints only the node table instead:
+the same messages over N `maildesk serve` nodes on one PostgreSQL (bench/ingest_nodes.py).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ maildir = "{dir}/outbox"
 email = "alice@agents.example.com"
 name = "Alice"
 """
+EXTRA_CONFIG = ""  # --parse-processes
 
 
 # --- the workload ------------------------------------------------------------------------
@@ -236,7 +241,7 @@ class Daemon:
         self.port = free_port()
         self.config = folder / "maildesk.toml"
         self.config.write_text(CONFIG.format(templates=REPO / "templates", dir=folder,
-                                             port=self.port))
+                                             port=self.port) + EXTRA_CONFIG)
         self.db = folder / "maildesk.db"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -263,37 +268,40 @@ class Daemon:
 
 class Progress:
     """Polls the database for two counts: messages processed (their ticket committed) and,
-    of those, settled (their follow-up done too: body filled in, outgoing mail queued).
-    The worker takes both in inbox id order, so the k-th smallest id is done when k are."""
+    of those, settled (their follow-up done too: body filled in, outgoing mail queued);
+    and whether any outgoing mail is still to be written. The worker takes both in inbox
+    id order, so the k-th smallest id is done when k are."""
 
     SQL = ("SELECT (SELECT count(*) FROM inbox WHERE state != 'queued'),"
-           " (SELECT count(*) FROM deferred)")
+           " (SELECT count(*) FROM deferred),"
+           " (SELECT count(*) FROM outbox WHERE state = 'pending')")
 
     def __init__(self, db: Path) -> None:
         self.db = db
-        self.marks: list[tuple[float, int, int]] = []  # (time, processed, settled)
+        self.marks: list[tuple[float, int, int, int]] = []  # (time, processed, settled, unsent)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         conn = sqlite3.connect(self.db, timeout=30)
-        last = (0, 0)
+        last = (0, 0, 0)
         while not self._stop.is_set():
-            processed, waiting = conn.execute(self.SQL).fetchone()
-            if (processed, processed - waiting) != last:
-                last = (processed, processed - waiting)
+            processed, waiting, unsent = conn.execute(self.SQL).fetchone()
+            if (processed, processed - waiting, unsent) != last:
+                last = (processed, processed - waiting, unsent)
                 self.marks.append((time.time(), *last))
             time.sleep(0.002)
         conn.close()
 
-    def wait_for(self, n: int, timeout: float = 600) -> tuple[float, float]:
-        """When the n-th ticket was committed, and when the n-th follow-up was done."""
+    def wait_for(self, n: int, timeout: float = 600) -> tuple[float, float, float]:
+        """When the n-th ticket was committed, when the n-th follow-up was done, and when
+        all n were fully processed (their outgoing mail written too)."""
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if self.marks and self.marks[-1][2] >= n:
+            if self.marks and self.marks[-1][2] >= n and self.marks[-1][3] == 0:
                 self._stop.set()
-                return self._first(n, 1), self._first(n, 2)
+                return self._first(n, 1), self._first(n, 2), self.marks[-1][0]
             time.sleep(0.01)
         raise RuntimeError(f"only {self.marks[-1][1:] if self.marks else 0} of {n} done")
 
@@ -316,6 +324,7 @@ class Figures:
     accepted: float
     e2e: float
     settled: float  # first DATA to the last follow-up (body, outgoing mail) done
+    fully: float  # first DATA to the last message fully processed (its mail written too)
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
     mail_p50_ms: float = float("nan")  # 250 to outgoing mail queued
@@ -330,7 +339,7 @@ def maildesk_run(messages: list[bytes], connections: int, rate: float | None) ->
         try:
             progress = Progress(daemon.db)
             sent = send_all(daemon.port, messages, connections, rate)
-            last, settled = progress.wait_for(len(sent.accepted))
+            last, settled, fully = progress.wait_for(len(sent.accepted))
             lat = _latencies(sent, progress.done_at(list(sent.accepted)))
             mail_lat = _latencies(sent, progress.done_at(list(sent.accepted), column=2))
             rss = daemon.peak_rss_mb()
@@ -340,7 +349,8 @@ def maildesk_run(messages: list[bytes], connections: int, rate: float | None) ->
             raise RuntimeError(f"daemon exit {code}, {sent.errors} messages not accepted")
         n = len(sent.accepted)
         return Figures(n / (sent.last_250 - sent.first_data), n / (last - sent.first_data),
-                       n / (settled - sent.first_data), _pct(lat, 50), _pct(lat, 99),
+                       n / (settled - sent.first_data), n / (fully - sent.first_data),
+                       _pct(lat, 50), _pct(lat, 99),
                        _pct(mail_lat, 50), _pct(mail_lat, 99), rss)
 
 
@@ -378,7 +388,7 @@ def pipe_run(messages: list[bytes], parallel: int) -> tuple[float, float]:
             for t in threads:
                 t.join()
             stored = time.time()
-            last, _ = progress.wait_for(len(messages))
+            last, _, _ = progress.wait_for(len(messages))
         finally:
             daemon.stop()
     return len(messages) / (stored - start), len(messages) / (last - start)
@@ -403,14 +413,31 @@ def main() -> None:
     ap.add_argument("--connections", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--rate", type=float, default=100.0, help="paced run for latency (msg/s)")
     ap.add_argument("--latency-messages", type=int, default=1000)
+    ap.add_argument("--nodes", type=int, nargs="+", metavar="N",
+                    help="only the node table: N `maildesk serve` nodes on one PostgreSQL"
+                         " (bench/ingest_nodes.py)")
+    ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test",
+                    help="PostgreSQL for --nodes: a fresh database is made there per run")
     ap.add_argument("--pipe", type=int, default=0, metavar="N",
                     help="also feed N messages through `maildesk ingest --queue`")
     ap.add_argument("--runs", type=int, default=1, help="repeat and print medians")
+    ap.add_argument("--parse-processes", type=int, metavar="N",
+                    help="the daemon's [workers] parse_processes")
     args = ap.parse_args()
+    if args.parse_processes is not None:
+        global EXTRA_CONFIG
+        EXTRA_CONFIG = f"\n[workers]\nparse_processes = {args.parse_processes}\n"
     messages = generate(args.messages)
+    if args.nodes:
+        from ingest_nodes import nodes_bench
+
+        print(f"{len(messages)} messages, {os.cpu_count()} CPUs; medians of {args.runs} run(s)")
+        nodes_bench(messages, args.nodes, args.runs, args.pg)
+        return
     mb = sum(map(len, messages)) / 1e6
     print(f"{len(messages)} messages, {mb:.1f} MB, {os.cpu_count()} CPUs, Python "
-          f"{sys.version.split()[0]}; medians of {args.runs} run(s)")
+          f"{sys.version.split()[0]}; medians of {args.runs} run(s); load average "
+          + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     for c in args.connections:
         # Bare and maildesk runs alternate, and each ratio is taken against the bare run
         # just before it: this VM's disk drifts between runs more than either server does.
@@ -419,9 +446,10 @@ def main() -> None:
         for _ in range(args.runs):
             bares.append(bare_run(messages, c))
             runs.append(maildesk_run(messages, c, None))
-        print(f"{c} connection(s): bare server {statistics.median(bares):6.1f} msg/s | "
-              f"maildesk accepted {_paired(runs, bares, 'accepted')}, "
-              f"end to end {_paired(runs, bares, 'e2e')}, "
+        print(f"{c} connection(s): maildesk fully processed {_paired(runs, bares, 'fully')}"
+              f" | bare server {statistics.median(bares):6.1f} msg/s | "
+              f"accepted {_paired(runs, bares, 'accepted')}, "
+              f"ticket from headers {_paired(runs, bares, 'e2e')}, "
               f"mail queued {_paired(runs, bares, 'settled')}, "
               f"peak RSS {max(r.rss_mb for r in runs):.0f} MB")
     paced = messages[: args.latency_messages]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 _LIMIT = 4096  # of one value: a From value is a few dozen characters
 _ANGLE = re.compile(r"<([^<>]*)>?")
-_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"]+@(?:[^\W_]|-)+(?:\.(?:[^\W_]|-)+)*")
+_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\x00-\x1f\x7f]+@(?:[^\W_]|-)+(?:\.(?:[^\W_]|-)+)*")
 _EDGE = "\"'()<>[],;:"
 
 Pair = tuple[str, str]  # (display name, address)
@@ -61,7 +61,7 @@ def pick_from(values: Sequence[str], read: Callable[[str], Sequence[Pair]]) -> P
         for name, address in read(value):
             clean = "".join(address.split()).rstrip(".").lower()
             local, at, domain = clean.rpartition("@")
-            if at and local and domain:
+            if at and local and domain and clean.isprintable():  # no NUL, no controls
                 return name, clean
         found = salvage(value)
         if found:

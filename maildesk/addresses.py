@@ -160,6 +160,26 @@ def is_desk_recipient(address: str, desk_addresses: Iterable[str]) -> bool:
     return base == BOUNCE_LOCAL and "+" in local and any(_split(d)[1] == domain for d in desks)
 
 
+def is_postmaster(address: str, desk_addresses: Iterable[str]) -> bool:
+    """`postmaster` at one of the desks' domains, or bare: RFC 5321 §4.5.1 says a server
+    that delivers mail for a domain accepts it (case-insensitively). The desk takes it as
+    mail to the desk: a ticket in the default queue, which a person reads."""
+    local, domain = _split(address)
+    if not local:  # "postmaster" with no domain
+        local, domain = domain, ""
+    return local == "postmaster" and (
+        not domain or any(_split(d)[1] == domain for d in desk_addresses))
+
+
+def mailbox(address: str) -> str:
+    """The mailbox an address delivers to, for the hourly cap on automatic replies:
+    lowercased, without a `+` subaddress. `help+7-k3j9q2xa@b.example` (another help
+    desk's reply address of its ticket 7) is help@b.example's mailbox: answers to each of
+    its tickets' addresses, and to its plain address, count together (bench/abuse.py)."""
+    local, at, domain = address.strip().lower().rpartition("@")
+    return f"{local.split('+', 1)[0]}@{domain}" if at and local else address.strip().lower()
+
+
 def subject_tag(prefix: str, ticket_id: int) -> str:
     return f"[{prefix}#{ticket_id}]"
 

@@ -26,8 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-
-from sqlmodel import Session
+from typing import TYPE_CHECKING
 
 from maildesk import addresses, commands
 from maildesk.agent_text import dropped_lines, new_text
@@ -47,6 +46,9 @@ from maildesk.config import Settings
 from maildesk.domain import EntryKind, ParsedMail, Sender, Status, ThreadDecision, ThreadRule
 from maildesk.store import tickets
 from maildesk.thread import ThreadLookup
+
+if TYPE_CHECKING:
+    from maildesk.store.raw import Tx
 
 _NOTHING = commands.Parsed()
 
@@ -202,7 +204,7 @@ def _ticket_errors(
 
 
 def merge_step(
-    s: Session, lookup: tickets.SessionLookup, ticket: tickets.Ticket, agent_plan: AgentPlan,
+    s: Tx, lookup: tickets.SessionLookup, ticket: tickets.Ticket, agent_plan: AgentPlan,
     now: datetime,
 ) -> tuple[tickets.Ticket, list[str]]:
     """`#merge <id>`: this ticket moves into the target (entries, references and

@@ -25,12 +25,11 @@ from maildesk.store import tickets
 from maildesk.store.tickets import Ticket
 
 if TYPE_CHECKING:  # not at run time: `maildesk sla show` runs without SQLAlchemy
-    from sqlmodel import Session
-
     from maildesk.store import Database
+    from maildesk.store.raw import Tx
 
 
-def refresh(s: Session, settings: Settings, ticket: Ticket, *, now: datetime,
+def refresh(s: Tx, settings: Settings, ticket: Ticket, *, now: datetime,
             customer_wrote: bool = False, agent_replied: bool = False,
             new: bool = False) -> dict[sla.Target, sla.TargetDue]:
     """Bring the ticket's SLA fields up to date after a change made at `now`.
@@ -82,7 +81,7 @@ def recompute_open(db: Database, settings: Settings, now: datetime, batch: int =
         after = found[-1].id
 
 
-def facts(s: Session, ticket: Ticket, *, new: bool = False) -> sla.Facts:
+def facts(s: Tx, ticket: Ticket, *, new: bool = False) -> sla.Facts:
     closed = () if new else tuple((p.started_at, p.ended_at) for p in store.pauses(s, ticket.id))
     return sla.Facts(
         status=ticket.status, created_at=ticket.created_at,
@@ -115,7 +114,7 @@ def apply(ticket: Ticket, policy: str, dues: dict[sla.Target, sla.TargetDue]) ->
     ticket.sla_next_at = upcoming[0].at if upcoming else None
 
 
-def _track_pause(s: Session, ticket: Ticket, now: datetime) -> None:
+def _track_pause(s: Tx, ticket: Ticket, now: datetime) -> None:
     waiting = ticket.status in sla.WAITING and ticket.merged_into is None
     if waiting and ticket.paused_since is None:
         ticket.paused_since = now

@@ -20,6 +20,8 @@ _CONTROLS = dict.fromkeys([*range(32), 127], " ")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _FILENAME_BAD = re.compile(r'[<>:"|?*]')
 _MAX_FILENAME_BYTES = 200
+# Windows opens a device, not a file, for these names with any extension ("CON.txt")
+_WINDOWS_DEVICE = re.compile(r"(?:con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(?:\.|$)", re.I)
 # controls, format (bidi overrides), surrogates, private use, unassigned, line breaks
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 # Labels that lie: senders write the superset and label it with the subset's name.
@@ -203,7 +205,8 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
 
 def safe_filename(name: str, content_type: str) -> str:
     """One harmless path component: no separators, controls, dot runs or leading dots,
-    at most 200 UTF-8 bytes with the extension kept; a typed default when empty."""
+    no Windows device name (`CON.txt` becomes `_CON.txt`), at most 200 UTF-8 bytes with
+    the extension kept; a typed default when empty."""
     name = unicodedata.normalize("NFC", name).replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(ch for ch in name if unicodedata.category(ch) not in _INVISIBLE)
     name = re.sub(r"\.{2,}", ".", _FILENAME_BAD.sub("_", name)).strip().lstrip(".")
@@ -216,7 +219,8 @@ def safe_filename(name: str, content_type: str) -> str:
         stem, dot, ext = name, "", ""
     budget = _MAX_FILENAME_BYTES - len(ext.encode()) - len(dot)
     stem = stem.encode()[:budget].decode("utf-8", "ignore").rstrip(". ") or "attachment"
-    return stem + dot + ext
+    name = stem + dot + ext
+    return "_" + name if _WINDOWS_DEVICE.match(name) else name
 
 
 def html_to_text(html: str) -> str:

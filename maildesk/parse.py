@@ -19,14 +19,17 @@ from __future__ import annotations
 import email
 import logging
 import re
+from dataclasses import replace
 from datetime import datetime
 from email.message import Message
 from email.parser import BytesParser, HeaderParser
 from functools import lru_cache
+from itertools import islice
 from typing import Any
 
 import mailparser
 from mailparser.dates import parse_mail_date
+from mailparser.exceptions import MailParserRecursionError
 from mailparser.utils import get_addresses
 
 from maildesk.address_fields import pick_from, salvage
@@ -52,6 +55,18 @@ logging.getLogger("mailparser").setLevel(logging.ERROR)
 # address lists are cut: no help desk needs a 64 KiB To header.
 _HEADER_BLOCK_LIMIT = 256 * 1024
 _ADDRESS_HEADER_LIMIT = 64 * 1024
+# At most this much of a body is converted from HTML and trimmed for the entry; the raw
+# message is always kept whole. Both are linear, but at ~0.4 s per MB (a 20 MB body:
+# 8 s), so past this an entry shows the head of the text, clipped as Gmail clips its view.
+_BODY_READ_CHARS = 512 * 1024
+# Only the first this many MIME parts give bodies and attachments, and a message with
+# more delimiter lines skips mail-parser (its walk costs ~0.15 ms a part on top of the
+# stdlib's): 10,000 parts took 2.6 s of CPU. Real mail has a few dozen at most.
+_MAX_PARTS = 1000
+# The stdlib parser matches every line against the boundaries of all the open multiparts:
+# quadratic in the nesting (1,000 levels: 1 s of CPU; 100: 0.03 s). Past this many
+# boundary parameters, the body is kept as raw text (the corpus has at most 12).
+_MAX_BOUNDARIES = 100
 
 _ADDRESS_HEADERS = ("from", "to", "cc", "reply-to", "sender")
 _RAW_KEPT = frozenset({*_ADDRESS_HEADERS, "date"})
@@ -62,9 +77,16 @@ _STATUS_CODE = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b")
 def parse_message(raw: bytes) -> ParsedMail:
     """Parse one message; never raises for any content."""
     raw = readable(raw)
-    if _header_block_end(raw) >= 0:  # past that, mail-parser's header decoding is quadratic
+    if raw.lower().count(b"boundary=") > _MAX_BOUNDARIES:
+        log.warning("message body kept as raw text: too many MIME boundaries")
+        return _unparsed(raw)
+    # past the header block limit, mail-parser's header decoding is quadratic
+    if _header_block_end(raw) >= 0 and raw.count(b"\n--") <= _MAX_PARTS:
         try:
             return _parse_with_mailparser(raw)
+        except (RecursionError, MailParserRecursionError):  # the stdlib nests the same way
+            log.warning("message body kept as raw text: its MIME parts nest too deep")
+            return _unparsed(raw)
         except Exception:
             log.debug("mail-parser failed, using the stdlib parser", exc_info=True)
     try:
@@ -192,20 +214,30 @@ def _texts(plain: list[str], html: list[str]) -> tuple[str | None, str]:
     """The HTML body and the text body (converted from the HTML when there is no text)."""
     html_text = "\n".join(html).replace("\x00", "") or None  # PostgreSQL text refuses NUL
     text = "\n".join(plain).replace("\x00", "")
-    text = text if text.strip() else html_to_text(html_text or "")
+    text = text if text.strip() else html_to_text((html_text or "")[:_BODY_READ_CHARS])
     return html_text, text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _display_body(plain: list[str], html: str | None, text: str, subject: str) -> str:
     """What the person wrote: the text minus quoted history and signature, the HTML's
-    quoted blocks removed first when there is only HTML; all of it when nothing is left."""
+    quoted blocks removed first when there is only HTML; all of it when nothing is left.
+    Read from the first `_BODY_READ_CHARS` of the body, with a note when it goes on."""
     forward = is_forward_subject(subject)
     if not "".join(plain).strip() and html:
-        written = written_text(html_to_text(without_quoted_html(html, forward=forward)),
+        head = html[:_BODY_READ_CHARS]
+        written = written_text(html_to_text(without_quoted_html(head, forward=forward)),
                                forward=forward)
         if written:
-            return written
-    return written_text(text, forward=forward) or text.strip()
+            return _clipped(written, len(html) - len(head))
+    head = text[:_BODY_READ_CHARS]
+    return _clipped(written_text(head, forward=forward) or head.strip(), len(text) - len(head))
+
+
+def _clipped(written: str, left: int) -> str:
+    if left <= 0:
+        return written
+    return (f"{written}\n\n[clipped: the message goes on for {left:,} more characters; "
+            "the whole message is kept as received]")
 
 
 def not_a_message(mail: ParsedMail) -> str | None:
@@ -225,6 +257,13 @@ _MESSAGE_FIELDS = frozenset({
 
 
 def _unparsed(raw: bytes) -> ParsedMail:
+    """The body as raw text, and the header fields when the header block reads alone."""
+    head = parse_headers(raw)
+    if head is not None:
+        text = decode_bytes(raw[_header_block_end(raw):], None).replace("\x00", "")
+        return replace(head, text=text, display_body=_clipped(
+            text[:_BODY_READ_CHARS].strip(), len(text) - _BODY_READ_CHARS),
+            defects=("UnparseableMessage",), parser="raw", headers_only=False)
     text = decode_bytes(raw, None).replace("\x00", "")
     return ParsedMail(message_id=header_message_id(raw), in_reply_to=(), references=(),
                       thread_index=None, subject="", from_addr=None, from_name="", reply_to=(),
@@ -316,7 +355,7 @@ def _mailboxes(pairs: Any) -> list[tuple[str, str]]:
     result = []
     for name, address in pairs or ():
         address = "".join(str(address).split()).rstrip(".").lower()
-        if address:
+        if address and address.isprintable():  # an address with NUL or controls is none
             text = header_text(str(name))
             result.append(("" if text.lower() == address else text, address))
     return result
@@ -333,7 +372,7 @@ def _split_parts(msg: Message) -> tuple[list[Message], list[Attachment]]:
     """Body text parts and attachments, by mail-parser's rules but with stable names."""
     bodies: list[Message] = []
     attachments: list[Attachment] = []
-    for part in msg.walk():
+    for part in islice(msg.walk(), _MAX_PARTS):
         try:
             ctype = part.get_content_type()
             disposition = part.get_content_disposition()

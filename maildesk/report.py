@@ -98,19 +98,43 @@ def _count(into: dict[str, int], outcome: str | None) -> None:
     into[outcome or "open"] += 1
 
 
-def attainment(tickets: Iterable[TicketFacts], now: datetime) -> dict[str, dict[str, Any]]:
+_NA = "n/a"  # a target the ticket's policy does not set
+
+
+def _outcomes(t: TicketFacts, now: datetime) -> tuple[str | None, str | None, str | None]:
+    """The ticket's first response, resolution and running next response: met, breached,
+    open (None: no due time yet) or _NA."""
+    return (
+        state(t.first_response_due, t.first_response_at, now)
+        if "first_response" in t.targets else _NA,
+        state(t.resolution_due, t.solved_at, now) if "resolution" in t.targets else _NA,
+        state(t.next_response_due, None, now)
+        if "next_response" in t.targets and t.next_response_running else _NA,
+    )
+
+
+def attainment(tickets: Iterable[TicketFacts], now: datetime,
+               memo: dict[int, tuple[str | None, str | None, str | None]] | None = None
+               ) -> dict[str, dict[str, Any]]:
+    """`memo` keeps each ticket's outcomes for the next group it is counted in."""
     out = {t: {"met": 0, "breached": 0, "open": 0} for t in TARGETS}
     for t in tickets:
-        if "first_response" in t.targets:
-            _count(out["first_response"], state(t.first_response_due, t.first_response_at, now))
-        if "resolution" in t.targets:
-            _count(out["resolution"], state(t.resolution_due, t.solved_at, now))
+        found = memo.get(id(t)) if memo is not None else None
+        if found is None:
+            found = _outcomes(t, now)
+            if memo is not None:
+                memo[id(t)] = found
+        first, resolution, running = found
+        if first is not _NA:
+            _count(out["first_response"], first)
+        if resolution is not _NA:
+            _count(out["resolution"], resolution)
         if "next_response" in t.targets:
             nr = out["next_response"]
             nr["met"] += t.next_response_met
             nr["breached"] += t.next_response_breached
-            if t.next_response_running:
-                _count(nr, state(t.next_response_due, None, now))
+            if running is not _NA:
+                _count(nr, running)
     result: dict[str, dict[str, Any]] = {}
     for target, c in out.items():
         judged = c["met"] + c["breached"]
@@ -118,7 +142,9 @@ def attainment(tickets: Iterable[TicketFacts], now: datetime) -> dict[str, dict[
     return result
 
 
-def summarise(tickets: Sequence[TicketFacts], now: datetime) -> dict[str, Any]:
+def summarise(tickets: Sequence[TicketFacts], now: datetime,
+              memo: dict[int, tuple[str | None, str | None, str | None]] | None = None
+              ) -> dict[str, Any]:
     by_status: dict[str, int] = {}
     for t in tickets:
         by_status[t.status] = by_status.get(t.status, 0) + 1
@@ -136,20 +162,28 @@ def summarise(tickets: Sequence[TicketFacts], now: datetime) -> dict[str, Any]:
             [(t.solved_at - t.created_at).total_seconds() for t in solved if t.solved_at]),
         "resolution_business_seconds": _stats(
             [t.resolution_business for t in solved if t.resolution_business is not None]),
-        "sla": attainment(tickets, now),
+        "sla": attainment(tickets, now, memo),
     }
 
 
 def report(tickets: Sequence[TicketFacts], now: datetime) -> dict[str, Any]:
-    queues = sorted({t.queue for t in tickets})
-    agents = sorted({t.assignee for t in tickets if t.assignee})
-    policies = sorted({t.policy for t in tickets if t.policy})
+    # grouped in one pass: a filter over all tickets per queue, agent and policy cost
+    # more than the figures themselves on a large desk
+    by_queue: dict[str, list[TicketFacts]] = {}
+    by_agent: dict[str, list[TicketFacts]] = {}
+    by_policy: dict[str, list[TicketFacts]] = {}
+    for t in tickets:
+        by_queue.setdefault(t.queue, []).append(t)
+        if t.assignee:
+            by_agent.setdefault(t.assignee, []).append(t)
+        if t.policy:
+            by_policy.setdefault(t.policy, []).append(t)
+    memo: dict[int, tuple[str | None, str | None, str | None]] = {}  # outcomes, once each
     return {
-        "total": summarise(tickets, now),
-        "by_queue": {q: summarise([t for t in tickets if t.queue == q], now) for q in queues},
-        "by_agent": {a: summarise([t for t in tickets if t.assignee == a], now) for a in agents},
-        "by_policy": {p: summarise([t for t in tickets if t.policy == p], now)
-                      for p in policies},
+        "total": summarise(tickets, now, memo),
+        "by_queue": {q: summarise(by_queue[q], now, memo) for q in sorted(by_queue)},
+        "by_agent": {a: summarise(by_agent[a], now, memo) for a in sorted(by_agent)},
+        "by_policy": {p: summarise(by_policy[p], now, memo) for p in sorted(by_policy)},
     }
 
 

@@ -32,6 +32,7 @@ from maildesk.intake.smtp import SmtpIntake
 from maildesk.outbound.render import Templates
 from maildesk.outbound.sender import Sender
 from maildesk.outbound.transports import make_transport
+from maildesk.parse_pool import make_parser
 from maildesk.scheduler import Scheduler
 from maildesk.store import Database, StoreUnavailable, deferred, outbox, tickets
 from maildesk.worker import FOLLOW_UP_QUIET, Worker
@@ -82,9 +83,12 @@ class Service:
         self.sender = Sender(self.db, lambda: make_transport(self.settings.outbound),
                              max_retry=settings.outbound.max_retry,
                              yield_to=lambda: self.worker.backlogged
-                             or self._intake_busy(FOLLOW_UP_QUIET))
+                             or self._intake_busy(FOLLOW_UP_QUIET),
+                             sole=lambda: self.doorbell.listening)
         self.smtp: SmtpIntake | None = None
-        self.worker = Worker(self.db, build_pipeline(settings, self.db),
+        # [workers] parse_processes: follow-ups are read whole in processes of our own.
+        self.parser = make_parser(settings.workers.parse_processes)
+        self.worker = Worker(self.db, build_pipeline(settings, self.db, self.parser),
                              after_batch=self.sender.wake, yield_to=self._intake_busy)
         if settings.smtp.enabled:
             hostname = settings.smtp.hostname or socket.getfqdn()
@@ -97,13 +101,16 @@ class Service:
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
+        # The parsing processes start first: mail is taken in once it can be read at speed.
+        parser_started = loop.run_in_executor(None, self.parser.start)
+        self.doorbell.start()  # first: it tells the sender whether it is the only one
         self.worker.start()
         self.sender.start()
-        self.doorbell.start()
         if self.settings.metrics.listen:  # first: /healthz answers once mail is taken in
             self.metrics = MetricsServer(self.db, self._health_problems)
             await self.metrics.start(self.settings.metrics.host or "127.0.0.1",
                                      self.settings.metrics.port or 0)
+        await parser_started
         if self.smtp is not None:
             await self.smtp.start()
         self._start_imap(self.settings)
@@ -145,6 +152,7 @@ class Service:
                      self.worker.stop, self.sender.stop):
             if stop is not None:
                 await loop.run_in_executor(None, stop)
+        await loop.run_in_executor(None, self.parser.close)  # the worker has stopped
         self.db.dispose()
 
     async def reload(self) -> None:
@@ -158,7 +166,7 @@ class Service:
             problems = check_templates(new)
             if problems:
                 raise ConfigError(problems)
-            pipeline = build_pipeline(new, self.db)
+            pipeline = build_pipeline(new, self.db, self.parser)
         except ConfigError as exc:
             log.error("SIGHUP: configuration not reloaded:\n%s", "\n".join(exc.problems))
             return

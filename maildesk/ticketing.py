@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-
-from sqlmodel import Session
+from typing import TYPE_CHECKING
 
 from maildesk import agent_mail, deadlines
 from maildesk.addresses import is_desk_recipient
@@ -30,6 +29,9 @@ from maildesk.domain import (
 )
 from maildesk.store import tickets
 from maildesk.thread import own_keys, referenced_ids, subject_key
+
+if TYPE_CHECKING:
+    from maildesk.store.raw import Tx
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ def entry_kind(classification: Classification, sender: Sender) -> EntryKind:
 
 
 def store_message(
-    s: Session, *, settings: Settings, mail: ParsedMail, envelope_from: str | None,
+    s: Tx, *, settings: Settings, mail: ParsedMail, envelope_from: str | None,
     recipients: Sequence[str], classification: Classification, sender: Sender,
     decision: ThreadDecision, inbox_id: int | None, now: datetime,
     rules: RuleOutcome | None = None, lookup: tickets.SessionLookup | None = None,
@@ -117,7 +119,7 @@ def store_message(
 
 
 def _open_ticket(
-    s: Session, settings: Settings, mail: ParsedMail, recipients: Sequence[str],
+    s: Tx, settings: Settings, mail: ParsedMail, recipients: Sequence[str],
     now: datetime, requester: str | None = None,
 ) -> tickets.Ticket:
     """A new ticket; `requester` when an agent opens it for a customer (#requester)."""
@@ -167,7 +169,7 @@ def _people(settings: Settings, mail: ParsedMail, sender: Sender) -> list[str]:
     return [a for a in people if a not in skip and not is_desk_recipient(a, desks)]
 
 
-def apply_rules(s: Session, settings: Settings, ticket: tickets.Ticket, rules: RuleOutcome) -> None:
+def apply_rules(s: Tx, settings: Settings, ticket: tickets.Ticket, rules: RuleOutcome) -> None:
     """Field changes asked by rules; queue first, so an assignee strategy sees the new queue."""
     if rules.queue:
         ticket.queue = rules.queue
@@ -181,7 +183,7 @@ def apply_rules(s: Session, settings: Settings, ticket: tickets.Ticket, rules: R
         ticket.assignee = pick_assignee(s, settings, ticket.queue, rules.assignee)
 
 
-def pick_assignee(s: Session, settings: Settings, queue: str, how: str) -> str | None:
+def pick_assignee(s: Tx, settings: Settings, queue: str, how: str) -> str | None:
     """An address as given, or the next agent of the queue by `round_robin` / `least_open`."""
     if "@" in how:
         return how

@@ -17,18 +17,13 @@ import pytest
 from maildesk.intake import doorbell
 from tests.helpers import REPO, write_config
 from tests.helpers import message as lf_message
-from tests.test_serve import Daemon, message, wait_for
+from tests.test_serve import Daemon, message, running, wait_for
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     d = Daemon(tmp_path_factory.mktemp("ingest-daemon"))
-    try:
-        d.start()
-        yield d
-        assert d.stop() == 0
-    finally:
-        d.kill()
+    yield from running(d)
 
 
 def ingest(config: Path, raw: bytes, *extra: str) -> tuple[dict[str, object], set[str]]:

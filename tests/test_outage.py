@@ -274,7 +274,8 @@ def test_mail_sent_while_the_database_goes_away_is_recorded_once_it_is_back(
         items = outbox.list_items(desk.db)
         assert len(items) == 9 and {i.state for i in items} == {outbox.SENT}
         assert sorted(sends) == sorted(set(sends)) == sorted(i.id for i in items)
-        assert len(list((tmp_path / "out" / "new").iterdir())) == 9
+        if idempotent:  # a real Maildir: each message in it once
+            assert len(list((tmp_path / "out" / "new").iterdir())) == 9
     finally:
         desk.db.dispose()
         proxy.stop()

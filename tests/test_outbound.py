@@ -151,6 +151,18 @@ def test_at_most_five_automatic_replies_per_address_and_hour(desk: Desk) -> None
     assert len(rows(desk, template="ack")) == 6
 
 
+def test_the_hourly_cap_counts_a_mailbox_whatever_its_plus_address(desk: Desk) -> None:
+    """Another help desk answers from a reply address per ticket (help+7-...@): those are
+    one mailbox, and a ping-pong with it stops at the cap (found by bench/abuse.py)."""
+    for n in range(7):
+        reply_to = "help@desk.example" if n == 0 else f"Help+{n}-tok{n}@desk.example"
+        desk.ingest(message(frm="Other Desk <help@desk.example>", subject=f"answer {n}",
+                            msgid=f"<p{n}@desk.example>", headers={"Reply-To": reply_to}))
+    acks = rows(desk, template="ack")
+    assert len(acks) == 5 and [a.recipients for a in acks][:2] == [
+        "help@desk.example", "help+1-tok1@desk.example"]
+
+
 def test_header_injection_and_html_escaping(desk: Desk) -> None:
     raw = (b'From: "<script>x</script>" <carol@customer.example>\r\n'
            b"To: support@example.com\r\nMessage-ID: <inj@customer.example>\r\n"
@@ -246,6 +258,9 @@ def test_maildir_delivery_is_idempotent(tmp_path: Path) -> None:
     transport = MaildirTransport(tmp_path / "md")
     raw = b"Subject: x\r\n\r\nbody\r\n"
     assert transport.send(7, "bounces+7-abc@example.com", ["a@b.example"], raw) is None
+    assert list((tmp_path / "md" / "new").iterdir()) == []  # delivered once synced
+    assert transport.send(7, "bounces+7-abc@example.com", ["a@b.example"], raw) is not None
+    transport.sync()
     assert transport.send(7, "bounces+7-abc@example.com", ["a@b.example"], raw) is not None
     [path] = list((tmp_path / "md" / "new").iterdir())
     assert path.read_bytes() == b"Return-Path: <bounces+7-abc@example.com>\nSubject: x\n\nbody\n"
@@ -255,6 +270,22 @@ def test_maildir_delivery_is_idempotent(tmp_path: Path) -> None:
     assert transport.send(7, "bounces+7-abc@example.com", ["a@b.example"], raw,
                           maybe_sent=True) == "already in the Maildir"
     assert list((tmp_path / "md" / "new").iterdir()) == []
+
+
+def test_maildir_delivers_a_batch_when_it_is_synced(tmp_path: Path) -> None:
+    transport = MaildirTransport(tmp_path / "md")
+    for i in range(20):
+        raw = f"Subject: {i}\r\n\r\nbody\r\n".encode()
+        assert transport.send(i, f"bounces+{i}@example.com", ["a@b.example"], raw) is None
+    assert list((tmp_path / "md" / "new").iterdir()) == []
+    transport.sync()  # the sender records the batch as sent after this
+    new = sorted((tmp_path / "md" / "new").iterdir(), key=lambda f: int(f.name.split(".")[0]))
+    assert [f.read_bytes().split(b"\n")[1] for f in new] == [
+        f"Subject: {i}".encode() for i in range(20)]
+    transport.send(99, "bounces+99@example.com", ["a@b.example"], b"Subject: x\r\n\r\n")
+    transport.close()  # never synced: not delivered (the row is sent again later)
+    assert len(list((tmp_path / "md" / "new").iterdir())) == 20
+    assert list((tmp_path / "md" / "tmp").iterdir()) == []
 
 
 def test_a_row_whose_lease_ran_out_is_delivered_once(tmp_path: Path) -> None:
@@ -268,6 +299,7 @@ def test_a_row_whose_lease_ran_out_is_delivered_once(tmp_path: Path) -> None:
     transport = MaildirTransport(tmp_path / "outbox")
     assert transport.send(first.item.id, first.item.envelope_from, first.item.recipients,
                           first.raw, maybe_sent=first.reclaimed) is None
+    transport.sync()
     [delivered] = list((tmp_path / "outbox" / "new").iterdir())
     delivered.rename(tmp_path / "outbox" / "cur" / f"{delivered.name}:2,S")
     # the sender died before recording it; after the lease, another claim gets it again

@@ -207,6 +207,10 @@ def test_hostile_attachment_names_are_made_safe(tmp_path: Path) -> None:
     assert got[8] == "Ünïcödé 文件.doc" and got[9] == "up.txt" and got[10] == "x.pdf"
     assert safe_filename("", "image/png") == "attachment.png"
     assert safe_filename("", "text/x-weird") == "attachment.txt"
+    # Windows devices, whatever the extension or case (found by tests/test_abuse.py)
+    assert [safe_filename(n, "text/plain") for n in (
+        "CON.txt", "nul.tar.gz", "LPT1", "com9.log", "aux", "console.txt", "auxiliary.doc")] == [
+        "_CON.txt", "_nul.tar.gz", "_LPT1", "_com9.log", "_aux", "console.txt", "auxiliary.doc"]
     for n in got:
         (tmp_path / n).write_bytes(b"")
 

@@ -106,29 +106,38 @@ class Daemon:
                 return code, text
             return smtp.data(raw)
 
-    def mails_to(self, address: str) -> list[EmailMessage]:
+    def delivered(self) -> list[tuple[bytes, EmailMessage]]:
+        """Every message in the Maildir, oldest first, raw and parsed."""
         found = []
         for path in sorted(self.maildir.glob("*"), key=lambda p: int(p.name.split(".")[0])):
-            msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            raw = path.read_bytes()
+            msg = email.message_from_bytes(raw, policy=email.policy.default)
             assert isinstance(msg, EmailMessage)
-            if msg["To"] == address:
-                found.append(msg)
+            found.append((raw, msg))
         return found
+
+    def mails_to(self, address: str) -> list[EmailMessage]:
+        return [msg for _, msg in self.delivered() if msg["To"] == address]
 
     def desk(self) -> Desk:
         return Desk.open(self.config)
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("serve"), smtp="max_message_size = 100000")
-    d.config.write_text(d.config.read_text() + f'\n[metrics]\nlisten = "127.0.0.1:{free_port()}"\n')
+def running(d: Daemon) -> Iterator[Daemon]:
+    """For a fixture: `d` started, then stopped cleanly (exit 0) or killed."""
     try:
         d.start()
         yield d
         assert d.stop() == 0
     finally:
         d.kill()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    d = Daemon(tmp_path_factory.mktemp("serve"), smtp="max_message_size = 100000")
+    d.config.write_text(d.config.read_text() + f'\n[metrics]\nlisten = "127.0.0.1:{free_port()}"\n')
+    yield from running(d)
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ would read it (SPEC §2.4)."""
 
 from __future__ import annotations
 
-import email
-import email.policy
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -16,7 +14,7 @@ from maildesk import addresses
 from maildesk.store import outbox
 from tests.agent_helpers import ALICE, BOB, quoted, text_of
 from tests.helpers import SECRET
-from tests.test_serve import Daemon, message, processed, wait_for
+from tests.test_serve import Daemon, message, processed, running, wait_for
 
 ERIN = "erin@customer.example"
 
@@ -24,23 +22,7 @@ ERIN = "erin@customer.example"
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
     d = Daemon(tmp_path / "desk")
-    try:
-        d.start()
-        yield d
-        assert d.stop() == 0
-    finally:
-        d.kill()
-
-
-def delivered(d: Daemon) -> list[tuple[bytes, EmailMessage]]:
-    """Every message in the Maildir, oldest first, raw and parsed."""
-    found = []
-    for path in sorted(d.maildir.glob("*"), key=lambda p: int(p.name.split(".")[0])):
-        raw = path.read_bytes()
-        msg = email.message_from_bytes(raw, policy=email.policy.default)
-        assert isinstance(msg, EmailMessage)
-        found.append((raw, msg))
-    return found
+    yield from running(d)
 
 
 def all_sent(d: Daemon) -> bool:
@@ -82,7 +64,7 @@ def test_an_agent_answers_from_their_mail_client_and_the_customer_gets_only_that
 
     wait_for("the relay", lambda: d.mails_to(ERIN)[1:])
     wait_for("every queued message sent", lambda: all_sent(d))
-    [(raw, relay)] = [(r, m) for r, m in delivered(d) if m["To"] == ERIN][1:]  # exactly one
+    [(raw, relay)] = [(r, m) for r, m in d.delivered() if m["To"] == ERIN][1:]  # exactly one
     assert relay["From"] == "Test Desk <support@example.com>"
     assert relay["Subject"] == f"Re: Printer on fire [MD#{ticket}]"
     assert relay["Reply-To"] == ack["Reply-To"]  # the customer's own reply address

@@ -17,6 +17,7 @@ pay for the daemon's imports.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -31,7 +32,14 @@ def run() -> None:
     """The `maildesk` command: main(), then exit. An MTA starts `ingest --queue` once per
     message, and the interpreter's teardown (freeing every imported module) is ~7 ms of
     its ~50: with the message committed and the answer flushed there is nothing left to
-    clean up, so that path leaves at once."""
+    clean up, so that path leaves at once.
+
+    A command other than `serve` runs without the cyclic garbage collector: a process
+    that imports pydantic and the pipeline and leaves frees its memory by exiting, and
+    the collections during those imports cost `ingest` 6% of its CPU time (430 -> 406 ms,
+    medians of 12 paired runs, load 16)."""
+    if sys.argv[1:2] != ["serve"]:
+        gc.disable()
     code = main()
     if Exit.skip_teardown:
         sys.stdout.flush()

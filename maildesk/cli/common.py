@@ -28,7 +28,8 @@ class CliError(Exception):
 
 
 class Exit:
-    """Set once `ingest --queue` has committed its message and printed its answer:
+    """Set once a command has nothing left to clean up (`ingest` has committed and closed
+    its connection; a read command's Reader closes its connection after each read):
     `run()` then leaves without the interpreter's teardown."""
 
     skip_teardown = False
@@ -101,6 +102,7 @@ def reader(settings: Settings) -> Reader:
     found = Reader(settings.database.url)
     if not found.exists() or schema_version(found) != SCHEMA_HEAD:
         database(settings).dispose()
+    Exit.skip_teardown = True  # closed after each read: nothing to free (5% of `tickets list`)
     return found
 
 

@@ -1,18 +1,19 @@
 """`maildesk ingest [--queue] [FILE|-]`: one message from an MTA pipe, a file or stdin.
 
 An MTA starts one process per message, so the message is committed by the quickest path
-that applies: on SQLite with the standard library only (`intake.queue`: no pydantic,
-SQLAlchemy or mail-parser). Then:
+that applies: without pydantic, SQLAlchemy or mail-parser (`intake.queue`: on SQLite
+the standard library only, on PostgreSQL psycopg). Then:
 
 - `--queue`: that is all; a running daemon processes it.
 - a daemon of this database runs on this host (it answers the doorbell,
   `intake.doorbell`): it processes the message at once, and this process waits for the
   result in the database (`--wait` seconds, default 10) and reports it; still queued by
   then, it reports "queued" (exit 0: the message is stored, the daemon will get to it).
-- no daemon: this process processes the message itself (the pipeline, with its imports).
+- no daemon: this process processes the message itself, with the daemon's pipeline
+  on a driver connection of its own (`store.direct.DirectDatabase`): no SQLAlchemy.
 
-PostgreSQL, or a database without its schema yet, takes the full path: commit through
-the store, and without `--queue` process here. Exit 0 stored, 75 on a transient failure,
+A database without its schema yet takes the full path: load the config, migrate, commit
+through the store, then the same as above. Exit 0 stored, 75 on a transient failure,
 never non-zero because of the content.
 """
 
@@ -27,7 +28,6 @@ from maildesk.cli.common import (
     EX_TEMPFAIL,
     CliError,
     Exit,
-    database,
     print_json,
     read_message,
     settings,
@@ -36,40 +36,40 @@ from maildesk.cli.parser import Adder
 
 if TYPE_CHECKING:
     from maildesk.config import Settings
-    from maildesk.store import Database
+    from maildesk.store.direct import Writable
 
 WAIT = 10.0  # seconds to wait for a running daemon's result (--wait)
 
 
 def _commit_fast(args: argparse.Namespace, raw: bytes) -> tuple[int, str] | None:
-    """Commit on SQLite with the standard library only (see intake.queue): the inbox id
-    and the database file; None when that path does not apply and the full one must run."""
+    """Commit without pydantic or SQLAlchemy (see intake.queue): the inbox id and the
+    database URL; None when that path does not apply and the full one must run."""
     import sqlite3
 
     from maildesk.intake import queue
 
     config = args.config or os.environ.get("MAILDESK_CONFIG", "").strip()
     try:
-        db = queue.sqlite_path(os.path.expanduser(config)) if config else None
-        inbox_id = db and queue.enqueue(
-            db, raw, envelope_from=args.sender,
+        url = queue.database_url(os.path.expanduser(config)) if config else None
+        inbox_id = url and queue.commit(
+            url, raw, envelope_from=args.sender,
             envelope_to=tuple(a.lower() for a in args.recipient or ()),
             origin=None if args.file in (None, "-") else str(args.file)[:500])
     except queue.QueueConfigError:
         return None  # the full path reports the config problem (exit 75)
     except sqlite3.Error as exc:
         raise CliError(f"database unavailable, try again later: {exc}", EX_TEMPFAIL) from exc
-    return (inbox_id, db) if inbox_id and db else None
+    return (inbox_id, url) if inbox_id and url else None
 
 
-def _daemon_result(inbox_id: int, db: str, wait: float) -> dict[str, Any] | None:
+def _daemon_result(inbox_id: int, url: str, wait: float) -> dict[str, Any] | None:
     """Ring the doorbell of a daemon of this database and wait for its result; None when
     no daemon answers."""
     from maildesk.intake import doorbell, queue
 
-    if not doorbell.ring(f"sqlite:///{db}", inbox_id):
+    if not doorbell.ring(url, inbox_id):
         return None
-    done = queue.wait_for_result(db, inbox_id, wait) if wait > 0 else None
+    done = queue.wait_for_result(url, inbox_id, wait) if wait > 0 else None
     if done is None:
         return _result(inbox_id, "queued", None, "stored; the running daemon processes it")
     state, ticket, reason = done
@@ -93,23 +93,40 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     raw = read_message(args.file)
     fast = _commit_fast(args, raw)
     if fast is not None:
-        inbox_id, db = fast
+        inbox_id, url = fast
         found = (_result(inbox_id, "queued", None, None) if args.queue
-                 else _daemon_result(inbox_id, db, args.wait))
+                 else _daemon_result(inbox_id, url, args.wait))
         if found is not None:
             Exit.skip_teardown = True  # committed and answered: leave at once (see cli.run)
             return _answer(args, found)
         loaded = settings(args)
-        return _answer(args, _process(loaded, database(loaded), inbox_id))
+        return _done(args, _process(loaded, _direct(loaded), inbox_id))
     loaded = settings(args)
-    store = database(loaded)
+    store = _direct(loaded)
     inbox_id = _commit(args, store, raw)
     if args.queue:
-        return _answer(args, _result(inbox_id, "queued", None, None))
-    return _answer(args, _process(loaded, store, inbox_id))
+        return _done(args, _result(inbox_id, "queued", None, None), store)
+    found = _daemon_result(inbox_id, store.url, args.wait)
+    return _done(args, found or _process(loaded, store, inbox_id), store)
 
 
-def _commit(args: argparse.Namespace, db: Database, raw: bytes) -> int:
+def _done(args: argparse.Namespace, result: dict[str, Any], db: Writable | None = None) -> int:
+    """Answer; everything is committed and the connection closed, so leave without the
+    interpreter's teardown (freeing the pipeline's imports: ~10 ms of the process)."""
+    if db is not None:
+        db.dispose()
+    code = _answer(args, result)
+    Exit.skip_teardown = True
+    return code
+
+
+def _direct(loaded: Settings) -> Writable:
+    from maildesk.app import open_direct
+
+    return open_direct(loaded)
+
+
+def _commit(args: argparse.Namespace, db: Writable, raw: bytes) -> int:
     """Commit through the store (PostgreSQL; a database that needs its schema first)."""
     from maildesk.domain import Source
     from maildesk.identity import identity
@@ -124,8 +141,10 @@ def _commit(args: argparse.Namespace, db: Database, raw: bytes) -> int:
     return inbox.add(db, row)
 
 
-def _process(loaded: Settings, db: Database, inbox_id: int) -> dict[str, Any]:
-    """Process a committed message in this process: no daemon is there to do it."""
+def _process(loaded: Settings, db: Writable, inbox_id: int) -> dict[str, Any]:
+    """Process a committed message in this process: no daemon is there to do it. The
+    daemon's pipeline, statement for statement, on a driver connection (see
+    store.direct.DirectDatabase)."""
     from maildesk.app import build_pipeline
     from maildesk.store import StoreUnavailable
 
@@ -133,6 +152,8 @@ def _process(loaded: Settings, db: Database, inbox_id: int) -> dict[str, Any]:
         outcome = build_pipeline(loaded, db).process(inbox_id)
     except StoreUnavailable as exc:  # stored; the daemon or `inbox retry` processes it later
         return _result(inbox_id, "queued", None, f"stored, processing deferred: {exc}")
+    finally:
+        db.dispose()
     return _result(inbox_id, outcome.state.value, outcome.ticket_id, outcome.reason)
 
 

@@ -55,5 +55,5 @@ def cmd_retry(args: argparse.Namespace) -> int:
 def register(sub: Any, add: Adder) -> None:
     ob = group(sub, "outbox", "outgoing mail")
     add(ob, "list", cmd_list, "list outgoing messages").add_argument(
-        "--state", choices=["pending", "sent", "failed", "bounced"])
+        "--state", choices=["pending", "sending", "sent", "failed", "bounced"])
     add(ob, "retry", cmd_retry, "send a failed message again").add_argument("id", type=positive_int)

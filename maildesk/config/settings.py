@@ -32,11 +32,12 @@ from maildesk.config.tables import (
     Security,
     Smtp,
     Threading,
+    Workers,
 )
 from maildesk.config.values import ConfigError, Loc, _config_dir, _fail, _Model
 
 _TABLES = ("database", "smtp", "outbound", "threading", "loop", "security", "metrics",
-           "scheduler", "log")
+           "scheduler", "workers", "log")
 
 
 def _duplicates(values: list[str], field: str, what: str) -> list[tuple[Loc, str]]:
@@ -64,6 +65,7 @@ class Settings(_Model):
     security: Security = Field(default_factory=Security)
     metrics: Metrics = Field(default_factory=Metrics)
     scheduler: Scheduler = Field(default_factory=Scheduler)
+    workers: Workers = Field(default_factory=Workers)
     log: Log = Field(default_factory=Log)
     config_dir: Path = Field(default_factory=Path.cwd)  # not a TOML key
     _agent_addresses: frozenset[str] = PrivateAttr(default=frozenset())

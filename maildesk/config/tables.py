@@ -1,6 +1,6 @@
 """The single tables of the configuration: [desk], [database], [smtp], [outbound],
 [[mailboxes]], [[agents]], [[queues]], [threading], [loop], [security], [metrics],
-[scheduler] and [log]."""
+[scheduler], [workers] and [log]."""
 
 from __future__ import annotations
 
@@ -157,6 +157,10 @@ class Smtp(_Model):
     require_tls: StrictBool = False
     auth_users_file: ExistingFile | None = None
     connection_timeout: PositiveDuration = timedelta(minutes=5)
+    # when all max_connections are taken, a new client closes the session idle longest
+    # (no message sent; in a DATA, no bytes received), once that is longer than this
+    # (Postfix's timeout under stress)
+    busy_idle_timeout: PositiveDuration = timedelta(seconds=10)
 
     @field_validator("tls_key")
     @classmethod
@@ -411,6 +415,22 @@ class Scheduler(_Model):
     @property
     def digest_time(self) -> time | None:
         return _clock_time(self.digest_at) if self.digest_at else None
+
+
+def _parse_processes() -> int:
+    return min(2, os.cpu_count() or 1)
+
+
+class Workers(_Model):
+    """Worker processes of the daemon's own, for CPU-bound steps (SPEC §2)."""
+
+    # Processes that read messages whole (MIME tree, charsets, quotes, attachments) beside
+    # the daemon's one core of Python; 0 reads them in the daemon itself. The default,
+    # min(2, CPUs), is measured (bench/ingest.py --parse-processes 2 vs 0, paired, 2 CPUs):
+    # fully processed 1.19x / 1.20x faster with 1 / 4 connections; more processes than
+    # cores would only take turns with the daemon's own (ARCHITECTURE.md, "Speed").
+    parse_processes: Annotated[StrictInt, Field(ge=0, le=64)] = Field(
+        default_factory=_parse_processes)
 
 
 def _clock_time(v: str) -> time:

@@ -31,11 +31,15 @@ if TYPE_CHECKING:
 
 def address(database_url: str) -> str:
     """The doorbell's abstract socket name for the database of `database_url` (for SQLite,
-    the file's real path: the daemon and `ingest` may name it differently)."""
+    the file's real path: the daemon and `ingest` may name it differently; PostgreSQL's
+    URL as config.Database spells it, `postgresql+psycopg://`)."""
     key = database_url
     if database_url.startswith("sqlite:///"):
         path = database_url[len("sqlite:///"):].partition("?")[0]
         key = "sqlite:" + os.path.realpath(path)
+    for prefix in ("postgresql://", "postgres://"):
+        if database_url.startswith(prefix):
+            key = "postgresql+psycopg://" + database_url[len(prefix):]
     return "\0maildesk-doorbell-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
@@ -59,18 +63,17 @@ class Doorbell:
 
     def __init__(self, database_url: str, on_ring: Callable[[Sequence[int]], None]) -> None:
         self.address = address(database_url)
-        self.sqlite = database_url.startswith("sqlite")
         self.on_ring = on_ring
         self.sock: socket.socket | None = None
 
     def start(self) -> None:
-        """Listen (on SQLite only: on PostgreSQL `ingest` takes the full path and processes
-        the message itself, and several nodes may share a host). When another daemon of the
-        same database file on this host already listens (or the system has no abstract
-        sockets), say so and go on without: `ingest` then rings that one, or processes its
-        message itself."""
-        if not self.sqlite:
-            return
+        """Listen. When another daemon of the same database on this host already listens
+        (several nodes of one PostgreSQL on a host), that one answers `ingest` and this one
+        goes on without; a system without abstract sockets is warned about: `ingest` then
+        processes its messages itself. On PostgreSQL a ring wakes this host's daemon only:
+        `ingest` on a host without one processes its message itself (the threading lock
+        and the queued-state check keep a node from processing it twice)."""
+        import errno
         import socket
 
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -78,14 +81,24 @@ class Doorbell:
             sock.bind(self.address)
         except OSError as exc:
             sock.close()
-            _log().warning("ingest doorbell not available (%s): `maildesk ingest` next to this "
-                        "daemon processes its messages itself", exc)
+            if exc.errno == errno.EADDRINUSE:
+                _log().info("ingest doorbell: another daemon of this database on this host "
+                            "answers it")
+            else:
+                _log().warning("ingest doorbell not available (%s): `maildesk ingest` next to "
+                               "this daemon processes its messages itself", exc)
             return
         import asyncio
 
         sock.setblocking(False)
         self.sock = sock
         asyncio.get_running_loop().add_reader(sock.fileno(), self._read)
+
+    @property
+    def listening(self) -> bool:
+        """This daemon holds the doorbell of its database: no other daemon on this host
+        runs on that SQLite file (so none sends its outbox either)."""
+        return self.sock is not None
 
     def _read(self) -> None:
         assert self.sock is not None

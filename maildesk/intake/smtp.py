@@ -1,7 +1,8 @@
 """SMTP intake (SPEC §2.1, §2.8): the only importer of aiosmtpd.
 
-RCPT is accepted only for desk addresses, their `+` reply forms and the VERP bounce
-address: the server never relays. DATA is answered `250` only once the raw message is
+RCPT is accepted only for desk addresses, their `+` reply forms, the VERP bounce
+address and `postmaster` at the desks' domains (RFC 5321 §4.5.1): the server never
+relays. DATA is answered `250` only once the raw message is
 committed to the inbox; when the commit fails the answer is `451 4.3.0` and the sending
 MTA retries later. Concurrent DATA commands share one transaction ("group commit"): while
 one commit is in progress the next messages gather, and go to disk together.
@@ -18,10 +19,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
 from maildesk import metrics
-from maildesk.addresses import is_desk_recipient
+from maildesk.addresses import is_desk_recipient, is_postmaster
 from maildesk.config import Settings
 from maildesk.domain import Source
 from maildesk.identity import identity
@@ -113,7 +114,7 @@ class IntakeHandler:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         desks = self.settings.desk_addresses()
-        if not is_desk_recipient(address, desks):
+        if not (is_desk_recipient(address, desks) or is_postmaster(address, desks)):
             metrics.smtp_rejected.labels("550").inc()
             return (f"550 5.1.1 <{_printable(address)}>: no such mailbox here"
                     " (this server does not relay)")
@@ -141,6 +142,8 @@ class IntakeHandler:
             self.in_flight -= 1
             self.last_answer = time.monotonic()
         metrics.received.labels(Source.SMTP.value).inc()
+        if isinstance(server, DeskSMTP):
+            server.last_message = time.monotonic()
         log.info("inbox %s <%s>: received by SMTP from %s (%d bytes)", inbox_id,
                  row.message_id or "", session.peer, len(raw),
                  extra=about(inbox=inbox_id, message_id=row.message_id))
@@ -164,11 +167,27 @@ def _printable(address: str) -> str:
 
 
 class _Connections:
-    """Live sessions, for max_connections and for draining at SIGTERM."""
+    """Live sessions, for max_connections and for draining at SIGTERM.
 
-    def __init__(self, limit: int) -> None:
+    A full house does not keep new clients out while its sessions only idle: a slow-loris
+    client that sends NOOP (or MAIL and RSET) every few minutes resets aiosmtpd's timeout
+    forever and would hold its slot for good. So a newcomer to a full house closes the
+    session that has been idle longest, once that is longer than `idle_after`; only when
+    there is none is it refused (421). Idle is: no message sent (connecting counts as
+    one), or, in the middle of a DATA, no bytes received (a client that stalls with its
+    message half sent, holding what it sent in our memory). A DATA that keeps trickling
+    is bounded by aiosmtpd's timeout (`connection_timeout`), which counts the whole DATA:
+    it is not reset while data arrives."""
+
+    def __init__(self, limit: int, idle_after: float) -> None:
         self.limit = limit
+        self.idle_after = idle_after
         self.live: set[DeskSMTP] = set()
+
+    def idlest(self, now: float) -> DeskSMTP | None:
+        """The session to close for a newcomer, or None."""
+        idle = [c for c in self.live if not c.closing and now - c.idle_since > self.idle_after]
+        return min(idle, key=lambda c: c.idle_since, default=None)
 
 
 _TOO_BIG = {
@@ -186,10 +205,26 @@ class DeskSMTP(SMTP):
         self._connections = connections
         self._refused = False
         self._shut = False
+        self.in_data = False
+        self.last_message = time.monotonic()  # connected, or the last message accepted
+        self.last_heard = self.last_message  # the last bytes received
+
+    @property
+    def closing(self) -> bool:
+        return self._shut
+
+    @property
+    def idle_since(self) -> float:
+        return self.last_heard if self.in_data else self.last_message
+
+    def data_received(self, data: bytes) -> None:
+        self.last_heard = time.monotonic()
+        super().data_received(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self._original_transport is None  # not the STARTTLS upgrade of a live session
-        if first and len(self._connections.live) >= self._connections.limit:
+        if first and len(self._connections.live) >= self._connections.limit \
+                and not self._make_room():
             self._refused = True
             metrics.smtp_rejected.labels("421").inc()
             if isinstance(transport, asyncio.WriteTransport):
@@ -198,6 +233,26 @@ class DeskSMTP(SMTP):
             return
         self._connections.live.add(self)
         super().connection_made(transport)
+
+    def _make_room(self) -> bool:
+        """Close the idlest session for this newcomer (see _Connections); False: none."""
+        idle = self._connections.idlest(time.monotonic())
+        if idle is None:
+            return False
+        metrics.smtp_rejected.labels("421").inc()
+        log.info("smtp %s: closed, idle for %.0f s%s while all %d connections are taken",
+                 idle.session.peer if idle.session else "?", time.monotonic() - idle.idle_since,
+                 " in its DATA" if idle.in_data else "", self._connections.limit)
+        idle.shut(b"421 4.4.2 Idle while the server is busy, closing the connection\r\n")
+        return True
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        self.in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.in_data = False
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
@@ -218,17 +273,18 @@ class DeskSMTP(SMTP):
         """MAIL FROM given and the transaction not finished yet (its DATA may be on the way)."""
         return self.envelope is not None and self.envelope.mail_from is not None
 
-    def shut(self) -> None:
-        """Say 421 and hang up (SIGTERM). A session whose transport is already going away
-        (the client quit, or a TLS layer is tearing down) is only closed: asyncio's TLS
-        transport raises on a write once its protocol is gone."""
+    def shut(self, reply: bytes = b"421 4.3.2 Service shutting down, try again later\r\n"
+             ) -> None:
+        """Say 421 and hang up (SIGTERM, or room for a newcomer). A session whose transport
+        is already going away (the client quit, or a TLS layer is tearing down) is only
+        closed: asyncio's TLS transport raises on a write once its protocol is gone."""
         transport = self.transport
         if transport is None or self._shut:
             return
         self._shut = True
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
             with contextlib.suppress(AttributeError, RuntimeError, OSError):
-                transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
+                transport.write(reply)
         transport.close()
 
 
@@ -268,7 +324,8 @@ class SmtpIntake:
         self.hostname = hostname
         self.committer = GroupCommitter(db, alone=lambda: self.handler.in_flight <= 1)
         self.handler = IntakeHandler(settings, self.committer, on_commit)
-        self.connections = _Connections(settings.smtp.max_connections)
+        self.connections = _Connections(settings.smtp.max_connections,
+                                        settings.smtp.busy_idle_timeout.total_seconds())
         self.tls = tls_context(settings)  # loaded once: not on every connection
         self.server: asyncio.Server | None = None
 
@@ -311,6 +368,7 @@ class SmtpIntake:
         self.settings = settings
         self.handler.settings = settings
         self.connections.limit = settings.smtp.max_connections
+        self.connections.idle_after = settings.smtp.busy_idle_timeout.total_seconds()
         self.tls = tls_context(settings)
 
     async def stop(self, grace: float = 10.0) -> None:

@@ -17,26 +17,24 @@ from maildesk import addresses
 from maildesk.config import Settings
 from maildesk.pipeline import Change
 from maildesk.store import inbox, outbox
-from maildesk.store.outbox import split_recipients
 
-if TYPE_CHECKING:  # the ORM tables are imported only when a bounce is handled
-    from sqlmodel import Session
-
-    from maildesk.store.tables import OutboxRow
+if TYPE_CHECKING:
+    from maildesk.store.outbox import OutboxItem
+    from maildesk.store.raw import Tx
 
 
 def is_bounce(change: Change) -> bool:
     return change.mail.dsn is not None or change.classification.bounce
 
 
-def handle(s: Session, settings: Settings, change: Change) -> list[str]:
+def handle(s: Tx, settings: Settings, change: Change) -> list[str]:
     row = bounced_message(s, settings, change)
     if row is None:
         return ["delivery report for no message of ours: nothing suppressed, never answered"]
     hard = [st for st in (change.mail.dsn.statuses if change.mail.dsn else ()) if st.is_hard_bounce]
     if not hard:
         return [f"delivery report for outbox {row.id}: no permanent failure, never answered"]
-    sent_to = split_recipients(row.recipients)
+    sent_to = row.recipients
     failed = {st.recipient for st in hard if st.recipient in sent_to}
     status = ", ".join(sorted({st.status or "5.0.0" for st in hard}))
     why = f"bounced {status}: outbox {row.id}, inbox {change.inbox_id}"
@@ -44,11 +42,11 @@ def handle(s: Session, settings: Settings, change: Change) -> list[str]:
     for addr in sorted(failed):
         added = outbox.suppress(s, addr, why, change.now)
         lines.append(f"suppressed {addr} ({why})" if added else f"{addr} already suppressed")
-    outbox.mark_bounced(s, row, f"{status} reported by inbox {change.inbox_id}")
+    outbox.mark_bounced(s, row.id, f"{status} reported by inbox {change.inbox_id}")
     return lines or [f"delivery report for outbox {row.id} names none of its recipients"]
 
 
-def bounced_message(s: Session, settings: Settings, change: Change) -> OutboxRow | None:
+def bounced_message(s: Tx, settings: Settings, change: Change) -> OutboxItem | None:
     """The outbox row a report is about: by VERP address first, else by Message-ID."""
     desk = settings.desk
     for rcpt in _recipients(s, change):
@@ -60,7 +58,7 @@ def bounced_message(s: Session, settings: Settings, change: Change) -> OutboxRow
     return outbox.by_message_id(s, original) if original else None
 
 
-def _recipients(s: Session, change: Change) -> Iterable[str]:
+def _recipients(s: Tx, change: Change) -> Iterable[str]:
     ids = [change.inbox_id] if change.inbox_id is not None else []
     found = [a for env in inbox.load_envelopes(s, ids).values() for a in env.envelope_to]
     for name in ("delivered-to", "x-original-to"):

@@ -13,14 +13,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-
-from sqlmodel import Session
+from typing import TYPE_CHECKING
 
 from maildesk import addresses
 from maildesk.agent_text import MARKER
 from maildesk.config import Settings
 from maildesk.domain import Attachment, ParsedMail
 from maildesk.outbound.render import (
+    MAX_SUBJECT,
     Headers,
     RenderError,
     Templates,
@@ -32,6 +32,9 @@ from maildesk.outbound.render import (
 from maildesk.store import outbox
 from maildesk.store.tickets import Ticket
 from maildesk.thread import thread_index_key
+
+if TYPE_CHECKING:
+    from maildesk.store.raw import Tx
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,7 @@ class Composer:
         self.settings = settings
         self.templates = templates
 
-    def queue(self, s: Session, ticket: Ticket | None, draft: Draft, now: datetime) -> Queued:
+    def queue(self, s: Tx, ticket: Ticket | None, draft: Draft, now: datetime) -> Queued:
         """Queue one draft about `ticket` (None: about no single ticket, e.g. the digest)."""
         allowed, withheld = self._recipients(s, draft, now)
         what = f"{draft.template} for ticket #{ticket.id}" if ticket else draft.template
@@ -134,7 +137,7 @@ class Composer:
                       f"queued {what} to {', '.join(allowed)} (outbox {outbox_id})"
                       + (f"; not to {note}" if note else ""))
 
-    def _recipients(self, s: Session, draft: Draft, now: datetime) -> tuple[tuple[str, ...],
+    def _recipients(self, s: Tx, draft: Draft, now: datetime) -> tuple[tuple[str, ...],
                                                                              list[str]]:
         """Who may get this draft, and why the others may not."""
         desks = self.settings.desk_addresses()
@@ -157,7 +160,9 @@ class Composer:
             for addr in list(wanted):
                 if outbox.auto_replies_since(s, addr, since) >= cap:
                     wanted.remove(addr)
-                    withheld.append(f"{addr} already got {cap} automatic replies this hour")
+                    box = addresses.mailbox(addr)
+                    withheld.append(f"{addr} already got {cap} automatic replies this hour"
+                                    + (f" (counted as {box})" if box != addr else ""))
         return tuple(wanted), withheld
 
     def _context(self, ticket: Ticket | None, draft: Draft, to: Sequence[str]
@@ -191,6 +196,9 @@ def message_context(mail: ParsedMail) -> dict[str, object]:
 
 
 def _tagged(subject: str, prefix: str, ticket_id: int) -> str:
-    """The subject with this ticket's tag, added when the template left it out."""
+    """The subject with this ticket's tag, added when the template left it out (or a long
+    subject pushed it past MAX_SUBJECT: the subject is shortened, the tag kept)."""
     tag = addresses.subject_tag(prefix, ticket_id)
-    return subject if tag.lower() in subject.lower() else f"{subject} {tag}"
+    if tag.lower() in subject[:MAX_SUBJECT].lower():
+        return subject
+    return f"{subject[:MAX_SUBJECT - len(tag) - 1].rstrip()} {tag}"

@@ -12,8 +12,7 @@ the ticket (`addresses.agent_reply_address`): their answer is then verified as t
 from __future__ import annotations
 
 import logging
-
-from sqlmodel import Session
+from typing import TYPE_CHECKING
 
 from maildesk import addresses
 from maildesk.config import Settings
@@ -33,6 +32,9 @@ from maildesk.pipeline import Change
 from maildesk.store import tickets
 from maildesk.store.tickets import Ticket
 
+if TYPE_CHECKING:
+    from maildesk.store.raw import Tx
+
 log = logging.getLogger(__name__)
 ACK = "ack"
 NEW_TICKET_AGENT = "new_ticket_agent"
@@ -44,7 +46,7 @@ class OutboundReactor:
         self.settings = settings
         self.composer = Composer(settings, templates or Templates(settings.desk.templates))
 
-    def react(self, session: Session, change: Change) -> list[str]:
+    def react(self, session: Tx, change: Change) -> list[str]:
         if bounce.is_bounce(change):
             return bounce.handle(session, self.settings, change)
         if change.classification.automatic:
@@ -62,7 +64,7 @@ class OutboundReactor:
                                  ticket=change.ticket_id))
         return lines
 
-    def _answer(self, s: Session, ticket: Ticket, change: Change) -> list[str]:
+    def _answer(self, s: Tx, ticket: Ticket, change: Change) -> list[str]:
         """The ack on a new ticket, or the templates rules ask for instead of it."""
         names = list(change.rules.reply_templates) or ([ACK] if change.new_ticket else [])
         if not names:
@@ -78,7 +80,7 @@ class OutboundReactor:
             thread=Thread.answering(change.mail), context=context, entry_id=change.entry_id,
         )).note for name in names]
 
-    def _notify(self, s: Session, ticket: Ticket, change: Change) -> list[str]:
+    def _notify(self, s: Tx, ticket: Ticket, change: Change) -> list[str]:
         """Tell the assignee (else the queue's agents) and the rule's `notify` addresses."""
         agents = [ticket.assignee] if ticket.assignee else list(
             self.settings.queue_agents(ticket.queue))
@@ -96,7 +98,7 @@ class OutboundReactor:
             if addr in names else None,
         )).note for addr in targets]
 
-    def _queue(self, s: Session, ticket: Ticket, change: Change, draft: Draft) -> Queued:
+    def _queue(self, s: Tx, ticket: Ticket, change: Change, draft: Draft) -> Queued:
         return self.composer.queue(s, ticket, draft, change.now)
 
 

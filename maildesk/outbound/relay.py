@@ -15,7 +15,7 @@ or token: its text is `AgentPlan.text` (see agent_text), signed with the agent's
 
 from __future__ import annotations
 
-from sqlmodel import Session
+from typing import TYPE_CHECKING
 
 from maildesk import addresses
 from maildesk.agent_mail import AgentPlan, Handling
@@ -26,11 +26,14 @@ from maildesk.pipeline import Change
 from maildesk.store import inbox, tickets
 from maildesk.store.tickets import Ticket
 
+if TYPE_CHECKING:
+    from maildesk.store.raw import Tx
+
 AGENT_REPLY = "agent_reply"
 COMMAND_ERROR = "command_error"
 
 
-def react(composer: Composer, s: Session, ticket: Ticket, change: Change) -> list[str]:
+def react(composer: Composer, s: Tx, ticket: Ticket, change: Change) -> list[str]:
     """The mail an agent's stored mail causes, one line per message queued or not."""
     plan = change.agent
     if plan is None:
@@ -42,7 +45,7 @@ def react(composer: Composer, s: Session, ticket: Ticket, change: Change) -> lis
     return [relay(composer, s, ticket, change, plan)]
 
 
-def relay(composer: Composer, s: Session, ticket: Ticket, change: Change,
+def relay(composer: Composer, s: Tx, ticket: Ticket, change: Change,
           plan: AgentPlan) -> str:
     to, cc = customers(s, composer.settings, ticket)
     names = {a.email: a.name for a in composer.settings.agents}
@@ -54,7 +57,7 @@ def relay(composer: Composer, s: Session, ticket: Ticket, change: Change,
     ), change.now).note
 
 
-def command_error(composer: Composer, s: Session, ticket: Ticket, change: Change,
+def command_error(composer: Composer, s: Tx, ticket: Ticket, change: Change,
                   plan: AgentPlan) -> str:
     """Tell the agent which lines were refused and why; their reply goes to their own
     address of the ticket again."""
@@ -69,7 +72,7 @@ def command_error(composer: Composer, s: Session, ticket: Ticket, change: Change
     ), change.now).note
 
 
-def customers(s: Session, settings: Settings, ticket: Ticket) -> tuple[tuple[str, ...],
+def customers(s: Tx, settings: Settings, ticket: Ticket) -> tuple[tuple[str, ...],
                                                                          tuple[str, ...]]:
     """(To, Cc) of a relay: the requester's reply address, and the CC participants;
     never an agent or a desk address."""
@@ -85,7 +88,7 @@ def customers(s: Session, settings: Settings, ticket: Ticket) -> tuple[tuple[str
     return to, cc
 
 
-def customer_thread(s: Session, ticket_id: int) -> Thread:
+def customer_thread(s: Tx, ticket_id: int) -> Thread:
     """Threading headers answering the customer's last message on the ticket."""
     last = tickets.last_customer_message(s, ticket_id)
     if last is None:

@@ -36,6 +36,9 @@ _ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[A-Za-z0-9.-]+")
 _TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}"
 _MEDIA_TYPE = re.compile(f"{_TOKEN}/{_TOKEN}")
 MAX_SUBJECT = 250
+MAX_LINE = 78  # RFC 5322 §2.1.1: lines SHOULD stay within 78 characters; fold at spaces
+MAX_MSG_ID = 900  # longer ids are dropped: "In-Reply-To: <id>" must fit the 998 limit
+MAX_ADDRESS = 254  # RFC 5321 §4.5.3.1.3: a path is at most 256 octets with its brackets
 MAX_REFERENCES = 20  # keep the newest ids: long chains make headers clients truncate anyway
 FILETIME_EPOCH = 116444736000000000  # 1601-01-01 to 1970-01-01 in 100 ns units
 
@@ -114,9 +117,12 @@ def header_text(value: str, limit: int = MAX_SUBJECT) -> str:
 
 
 def safe_address(value: str) -> str | None:
-    """A bare address usable in a header and an SMTP envelope, or None."""
+    """A bare address usable in a header and an SMTP envelope, or None: printable ASCII
+    only (we speak no SMTPUTF8, and a header is written as ASCII), at most MAX_ADDRESS
+    characters (what a relay will take)."""
     value = value.strip()
-    return value if _ADDRESS.fullmatch(value) else None
+    return value if (len(value) <= MAX_ADDRESS and value.isascii()
+                     and _ADDRESS.fullmatch(value)) else None
 
 
 def new_message_id(domain: str) -> str:
@@ -182,12 +188,13 @@ def build_message(h: Headers, body: Rendered, attachments: Sequence[Attachment] 
         ("To", ", ".join(h.to)),
         ("Cc", ", ".join(h.cc) or None),
         ("Reply-To", h.reply_to),
-        ("Subject", _encoded(h.subject)),
+        ("Subject", _encoded(h.subject, len("Subject: "))),
         ("Date", format_datetime(h.date)),
         ("Message-ID", f"<{h.message_id}>"),
         ("In-Reply-To", f"<{in_reply_to}>" if in_reply_to else None),
         ("References", "\r\n ".join(f"<{r}>" for r in refs) or None),
-        ("Thread-Topic", _encoded(h.thread_topic) if h.thread_topic else None),
+        ("Thread-Topic", _encoded(h.thread_topic, len("Thread-Topic: "))
+         if h.thread_topic else None),
         ("Thread-Index", header_text(h.thread_index, 900) if h.thread_index else None),
         ("Auto-Submitted", h.auto_submitted),
         # Exchange: no out-of-office replies to automatic mail
@@ -242,18 +249,18 @@ def _text_part(subtype: str, text: str) -> bytes:
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode("ascii") + qp
 
 
-def _encoded(value: str) -> str:
-    """A sanitised unstructured header value; RFC 2047 words when it is not ASCII.
-
-    Base64 words of at most 45 bytes (60 characters encoded), split between characters,
-    one per folded line."""
+def _encoded(value: str, offset: int = 0) -> str:
+    """A sanitised unstructured header value, folded at spaces within MAX_LINE (the first
+    line starts `offset` characters in, after the header's name); RFC 2047 words when it
+    is not ASCII: base64 words of at most 39 bytes (64 characters with their markers),
+    split between characters, one per folded line."""
     text = header_text(value)
     if text.isascii():
-        return text
+        return _folded(text.split(" "), offset)
     words, chunk = [], b""
     for ch in text:
         data = ch.encode("utf-8")
-        if len(chunk) + len(data) > 45:
+        if len(chunk) + len(data) > 39:
             words.append(chunk)
             chunk = b""
         chunk += data
@@ -261,7 +268,23 @@ def _encoded(value: str) -> str:
     return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(w).decode('ascii')}?=" for w in words)
 
 
+def _folded(words: Sequence[str], offset: int) -> str:
+    """Words joined by spaces, a fold (CRLF, space) instead of the space wherever the line
+    would pass MAX_LINE; a word longer than a line stays whole on a line of its own."""
+    lines: list[str] = []
+    line, room = "", MAX_LINE - offset
+    for word in words:
+        if line and len(line) + 1 + len(word) > room:
+            lines.append(line)
+            line, room = word, MAX_LINE - 1
+        else:
+            line = f"{line} {word}" if line else word
+    return "\r\n ".join([*lines, line])
+
+
 def _msg_id(value: str) -> str | None:
-    """A message id fit for a header: no brackets, spaces or controls, one '@'."""
-    v = header_text(value, 998).strip("<> ")
-    return v if v and " " not in v and "<" not in v and ">" not in v and "@" in v else None
+    """A message id fit for a header: no brackets, spaces or controls, one '@', at most
+    MAX_MSG_ID characters."""
+    v = header_text(value, MAX_MSG_ID + 3).strip("<> ")
+    ok = v and len(v) <= MAX_MSG_ID and " " not in v and "<" not in v and ">" not in v
+    return v if ok and "@" in v else None

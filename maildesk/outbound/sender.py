@@ -4,8 +4,14 @@ A temporary failure (4xx, network, Maildir I/O) is retried with exponential back
 minute doubling up to 1 hour, until the tries span `outbound.max_retry` (2 days by
 default); a permanent one (5xx) marks the row failed at once, visible in `maildesk outbox
 list` and retried by `maildesk outbox retry ID`. A row is marked sent right after the
-transport accepted it; the window between the two is the only place a crash can cause a
-second delivery, and the Maildir transport closes even that one.
+transport accepted it. A crash in between leaves it claimed: the Maildir transport finds
+its earlier copy and delivers nothing twice, and the SMTP transport has had the row marked
+`sending` right before the end of DATA, which a restart counts as sent (store.outbox.
+recover): a crash never makes the smarthost get a message twice (see transports).
+
+A daemon that is the only sender of its database (`sole`: on SQLite, the one that owns
+the database's doorbell) takes back at start what its dead predecessor had claimed, at
+once; otherwise a claim lapses after store.outbox.LEASE.
 """
 
 from __future__ import annotations
@@ -60,8 +66,11 @@ class Sender(BackgroundLoop):
         self, db: Database, transport_factory: Callable[[], Transport], *,
         max_retry: timedelta, batch: int = 50, poll: float = 5.0, linger: float = 0.05,
         yield_to: Callable[[], bool] | None = None, max_defer: float = 2.0,
+        sole: Callable[[], bool] | None = None,
     ) -> None:
         super().__init__()
+        self.sole = sole or (lambda: False)
+        self._recovered_at = -float("inf")
         self.db = db
         self.transport_factory = transport_factory
         self.max_retry = max_retry
@@ -89,6 +98,7 @@ class Sender(BackgroundLoop):
         """Send everything due at `now`, batch by batch, until nothing is left."""
         result = DrainResult()
         self._settle()
+        self._recover(now)
         transport = self.transport_factory()
         try:
             while not self._stop.is_set():
@@ -100,6 +110,15 @@ class Sender(BackgroundLoop):
         finally:
             transport.close()
         return result
+
+    def _recover(self, now: datetime | None) -> None:
+        """What a dead sender left: at the first drain, then once per LEASE (outbox.recover)."""
+        if time.monotonic() - self._recovered_at < outbox.LEASE.total_seconds():
+            return
+        for item in outbox.recover(self.db, now=now, sole=self.sole()):
+            log.warning("outbox %s <%s>: %s", item.id, item.message_id, outbox.PRESUMED_SENT,
+                        extra=_about(item))
+        self._recovered_at = time.monotonic()
 
     def _defer(self) -> None:
         deadline = time.monotonic() + self.max_defer
@@ -157,9 +176,10 @@ class Sender(BackgroundLoop):
     def _deliver(self, transport: Transport, claimed: Claimed, now: datetime,
                  result: DrainResult) -> outbox.Result:
         item = claimed.item
+        mark = None if transport.idempotent else lambda: outbox.mark_sending(self.db, item.id)
         try:
             note = transport.send(item.id, item.envelope_from, item.recipients, claimed.raw,
-                                  maybe_sent=claimed.reclaimed)
+                                  maybe_sent=claimed.reclaimed, before_end=mark)
         except DeliveryError as exc:
             tries = item.attempts + 1
             if exc.permanent or gives_up(tries, self.max_retry):

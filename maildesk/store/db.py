@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
@@ -23,14 +23,17 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, create_engine
 
 from maildesk.store import direct
-from maildesk.store.direct import SCHEMA_HEAD, StoreUnavailable
-from maildesk.store.raw import Raw
+from maildesk.store.direct import SCHEMA_HEAD, THREADING_LOCK_KEY, StoreUnavailable
+from maildesk.store.raw import Raw, raw
+
+if TYPE_CHECKING:
+    from maildesk.store.raw import Tx
 
 __all__ = ["SCHEMA_HEAD", "Database", "StoreUnavailable", "WouldWait"]
 
 log = logging.getLogger(__name__)
 
-THREADING_LOCK_KEY = 0x6D61696C  # "mail": one advisory lock serialises threading on PostgreSQL
+MIGRATION_LOCK_KEY = 0x6D646462  # "mddb": nodes starting together migrate one at a time
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 
 
@@ -116,11 +119,14 @@ class Database:
             yield session
 
     @contextmanager
-    def write_raw(self) -> Iterator[Raw]:
+    def write_raw(self, *, durable: bool = True) -> Iterator[Raw]:
         """A write transaction without an ORM session, for intake's inserts (store.raw):
-        the session costs more than the insert of a message."""
+        the session costs more than the insert of a message. `durable` as in write()."""
+        engine = self.engine if durable else self.lazy_engine
         with self._noting_refusals(), self._writer, _unavailable_on_error(), \
-                self.engine.begin() as conn:
+                engine.begin() as conn:
+            if not durable and not self.is_sqlite:
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
             yield Raw(conn)
 
     @contextmanager
@@ -184,12 +190,12 @@ class Database:
         except OperationalError as exc:
             raise StoreUnavailable(_one_line(exc)) from exc
 
-    def lock_threading(self, session: Session) -> None:
+    def lock_threading(self, session: Tx) -> None:
         """Serialise ticket creation and threading across processes (PostgreSQL).
 
         On SQLite, BEGIN IMMEDIATE already gives one writer at a time."""
         if not self.is_sqlite:
-            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": THREADING_LOCK_KEY})
+            raw(session).one("SELECT pg_advisory_xact_lock(?)", (THREADING_LOCK_KEY,))
 
     def upgrade(self) -> None:
         """Apply Alembic migrations up to head."""
@@ -201,8 +207,22 @@ class Database:
         cfg.set_main_option("sqlalchemy.url", self.url)
         try:
             with self.engine.connect() as conn:
+                if not self.is_sqlite:
+                    # Several nodes started at once on an empty database would all create
+                    # the tables (and all but one crash): they take turns, and Alembic,
+                    # reading the version after the wait, finds nothing left to do.
+                    conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+                    conn.commit()
                 cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+                try:
+                    command.upgrade(cfg, "head")
+                finally:
+                    if not self.is_sqlite:  # a lost connection took the lock with it
+                        with suppress(DBAPIError):
+                            conn.rollback()
+                            conn.execute(text("SELECT pg_advisory_unlock(:k)"),
+                                         {"k": MIGRATION_LOCK_KEY})
+                            conn.commit()
         except OperationalError as exc:
             raise StoreUnavailable(_one_line(exc)) from exc
 

@@ -10,14 +10,21 @@ follow-up runs after the restart.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from sqlmodel import Session
-
-from maildesk.store.db import Database
+from maildesk.store import direct
+from maildesk.store.direct import StoreUnavailable
 from maildesk.store.raw import placeholders, raw
+
+if TYPE_CHECKING:
+    from maildesk.store.direct import Readable, Writable
+    from maildesk.store.raw import Tx
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,7 @@ class Deferred:
     envelope_to: tuple[str, ...]
 
 
-def add(s: Session, *, inbox_id: int, entry_id: int, new_ticket: bool,
+def add(s: Tx, *, inbox_id: int, entry_id: int, new_ticket: bool,
         reply_templates: Sequence[str], notify: Sequence[str], now: datetime) -> None:
     r = raw(s)
     r.run("INSERT INTO deferred (inbox_id, entry_id, new_ticket, reply_templates, notify,"
@@ -46,15 +53,91 @@ def add(s: Session, *, inbox_id: int, entry_id: int, new_ticket: bool,
            r.time(now)))
 
 
-def pending(db: Database, limit: int) -> list[int]:
-    """Inbox ids of up to `limit` follow-ups, oldest first (a plain read: `take` checks
-    inside the write transaction that each is still to do)."""
+def pending(db: Writable, limit: int) -> list[int]:
+    """Inbox ids of up to `limit` follow-ups, oldest first (`take` checks inside the
+    write transaction that each is still to do). On SQLite a plain read; on PostgreSQL,
+    where several nodes look at once, only those no other node is working on (`Claims`)."""
+    if not db.is_sqlite:
+        return _claims(db).pending(limit)
     with db.read_raw() as r:
         return [i for (i,) in r.rows(
             "SELECT inbox_id FROM deferred ORDER BY inbox_id LIMIT ?", (limit,))]
 
 
-def take(s: Session, inbox_ids: Sequence[int]) -> list[Deferred]:
+CLAIM_KEY_BASE = 0x464F4C4C << 32  # "FOLL": one advisory lock per follow-up, key base + id
+CANDIDATES = 4  # look at this many times `limit` of the oldest rows for free ones
+
+
+class Claims:
+    """The follow-ups one node works on, among several on one PostgreSQL (SPEC §5).
+
+    A plain read would give every idle node the same oldest rows, to read whole (the
+    costly part) all but one in vain. So a node takes a session advisory lock per
+    follow-up it returns, on a connection of its own (autocommit: no transaction stays
+    open), and skips those another node holds: `pending` keeps the locks of what it
+    returns again (the caller may read ahead), and gives back those of rows now done or
+    not returned. A node that dies frees its locks with its connection, at once, and a
+    dead host's within ~20 s (direct.PG_SILENCE_LIMITS). Correctness does not depend on it:
+    `take` and the processing lock still make each follow-up happen once."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn: Any = None
+        self.held: set[int] = set()
+        self._lock = threading.Lock()
+
+    def pending(self, limit: int) -> list[int]:
+        with self._lock:
+            try:
+                return self._pending(limit)
+            except Exception as exc:  # psycopg's errors: the locks went with the connection
+                self.close()
+                if direct.is_transient(exc):
+                    raise StoreUnavailable(direct.one_line(exc)) from exc
+                raise
+
+    def _pending(self, limit: int) -> list[int]:
+        if self.conn is None:
+            self.conn = direct.connect(self.url, timeout=5)
+            self.conn.autocommit = True
+        oldest = [i for (i,) in self.conn.execute(
+            "SELECT inbox_id FROM deferred ORDER BY inbox_id LIMIT %s",
+            (CANDIDATES * limit,)).fetchall()]
+        asked = [i for i in oldest if i not in self.held]
+        got = {i for (i, ok) in self.conn.execute(
+            "SELECT i, pg_try_advisory_lock(%s + i) FROM unnest(%s::bigint[]) AS i",
+            (CLAIM_KEY_BASE, asked)).fetchall() if ok} if asked else set()
+        mine = sorted((self.held & set(oldest)) | got)[:limit]
+        self._unlock((self.held | got) - set(mine))
+        self.held = set(mine)
+        return mine
+
+    def _unlock(self, ids: set[int]) -> None:
+        if ids:
+            self.conn.execute("SELECT pg_advisory_unlock(%s + i) FROM unnest(%s::bigint[]) AS i",
+                              (CLAIM_KEY_BASE, sorted(ids)))
+
+    def close(self) -> None:
+        conn, self.conn, self.held = self.conn, None, set()
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+_CLAIMS: weakref.WeakKeyDictionary[Writable, Claims] = weakref.WeakKeyDictionary()
+_CLAIMS_LOCK = threading.Lock()
+
+
+def _claims(db: Writable) -> Claims:
+    with _CLAIMS_LOCK:
+        found = _CLAIMS.get(db)
+        if found is None:
+            found = _CLAIMS[db] = Claims(db.url)
+            weakref.finalize(db, found.close)
+        return found
+
+
+def take(s: Tx, inbox_ids: Sequence[int]) -> list[Deferred]:
     """Those of `inbox_ids` still to do, oldest first (another node or an `ingest`
     next to the daemon may have done some meanwhile)."""
     if not inbox_ids:
@@ -75,18 +158,18 @@ def take(s: Session, inbox_ids: Sequence[int]) -> list[Deferred]:
            envelope_from, envelope_to) in rows]
 
 
-def oldest(db: Database) -> datetime | None:
+def oldest(db: Readable) -> datetime | None:
     """When the oldest follow-up still to do was left (None: there is none)."""
     with db.read_raw() as r:
         found = r.one("SELECT created_at FROM deferred ORDER BY inbox_id LIMIT 1")
         return r.read_time(found[0]) if found else None
 
 
-def done(s: Session, inbox_id: int) -> None:
+def done(s: Tx, inbox_id: int) -> None:
     raw(s).run("DELETE FROM deferred WHERE inbox_id = ?", (inbox_id,))
 
 
-def count(db: Database) -> int:
+def count(db: Readable) -> int:
     with db.read_raw() as r:
         found = r.one("SELECT count(*) FROM deferred")
     return int(found[0]) if found else 0

@@ -14,10 +14,9 @@ from maildesk.domain import InboxState, Source
 from maildesk.store.raw import Raw, placeholders, raw
 
 if TYPE_CHECKING:  # not at run time: `maildesk inbox list` runs without SQLAlchemy
-    from sqlmodel import Session
-
     from maildesk.store.db import Database
-    from maildesk.store.direct import Readable
+    from maildesk.store.direct import Readable, Writable
+    from maildesk.store.raw import Tx
 
 LEASE = timedelta(minutes=5)  # a worker that dies mid-message gives it back after this
 
@@ -85,7 +84,7 @@ def new_row(
                     origin=origin)
 
 
-def add(db: Database, row: Incoming) -> int:
+def add(db: Writable, row: Incoming) -> int:
     """Commit one raw message; returns its inbox id. Raises StoreUnavailable."""
     return add_many(db, [row])[0]
 
@@ -104,7 +103,7 @@ def add_now(db: Database, row: Incoming) -> int:
         return insert_rows(r, [row])[0]
 
 
-def add_many(db: Database, rows: Sequence[Incoming]) -> list[int]:
+def add_many(db: Writable, rows: Sequence[Incoming]) -> list[int]:
     """Commit several raw messages in one transaction (SMTP group commit)."""
     with db.write_raw() as r:
         return insert_rows(r, rows)
@@ -142,7 +141,25 @@ def load_raw(db: Readable, ids: Sequence[int]) -> dict[int, bytes]:
     return {i: bytes(data) for i, data in rows}
 
 
-def raw_head(s: Session, inbox_id: int, limit: int = 256 * 1024) -> bytes | None:
+def within_bytes(db: Readable, ids: Sequence[int], budget: int) -> list[int]:
+    """The first of `ids` (in order) whose raw messages add up to at most `budget` bytes;
+    always the first one."""
+    if not ids:
+        return []
+    with db.read_raw() as r:
+        rows = r.rows(f"SELECT id, size FROM inbox WHERE id IN ({placeholders(len(ids))})", ids)
+    sizes: dict[int, int] = {int(i): int(n or 0) for i, n in rows}
+    kept: list[int] = []
+    total = 0
+    for i in ids:
+        total += sizes.get(i, 0)
+        if kept and total > budget:
+            break
+        kept.append(i)
+    return kept
+
+
+def raw_head(s: Tx, inbox_id: int, limit: int = 256 * 1024) -> bytes | None:
     """The first `limit` bytes of one inbox message (its header block, for threading
     headers of an answer), inside the caller's transaction."""
     found = raw(s).one("SELECT substr(raw, 1, ?) FROM inbox_raw WHERE inbox_id = ?",
@@ -150,7 +167,7 @@ def raw_head(s: Session, inbox_id: int, limit: int = 256 * 1024) -> bytes | None
     return bytes(found[0]) if found and found[0] is not None else None
 
 
-def load_envelopes(s: Session, ids: Sequence[int]) -> dict[int, Envelope]:
+def load_envelopes(s: Tx, ids: Sequence[int]) -> dict[int, Envelope]:
     if not ids:
         return {}
     rows = raw(s).rows(
@@ -168,7 +185,7 @@ def envelope_of(inbox_id: int, row: Incoming) -> Envelope:
                     row.message_id, row.content_hash)
 
 
-def find_processed_twin(s: Session, env: Envelope) -> tuple[int, int | None] | None:
+def find_processed_twin(s: Tx, env: Envelope) -> tuple[int, int | None] | None:
     """(inbox id, ticket id) of an earlier message with the same identity that was
     already processed or ignored. Identity is (Message-ID, content hash); without a
     Message-ID, the hash alone."""
@@ -222,7 +239,7 @@ def get(db: Readable, inbox_id: int) -> InboxItem | None:
 
 
 def mark(
-    s: Session, inbox_id: int, state: InboxState, *, reason: str | None = None,
+    s: Tx, inbox_id: int, state: InboxState, *, reason: str | None = None,
     ticket_id: int | None = None, entry_id: int | None = None, now: datetime | None = None,
 ) -> None:
     r = raw(s)
@@ -231,7 +248,15 @@ def mark(
           (state.value, reason, ticket_id, entry_id, r.time(now or utcnow()), inbox_id))
 
 
-def record_failure(db: Database, inbox_id: int, reason: str) -> None:
+def mark_failed(s: Tx, inbox_id: int, reason: str) -> None:
+    """`failed` with its reason, inside the caller's transaction; the ticket and entry it
+    may have already (stored from its headers) are kept."""
+    raw(s).run("UPDATE inbox SET attempts = attempts + 1, reason = ?, claimed_until = NULL,"
+               " state = ? WHERE id = ?",
+               (" ".join(reason.split())[:500], InboxState.FAILED.value, inbox_id))
+
+
+def record_failure(db: Writable, inbox_id: int, reason: str) -> None:
     """Park a message that processing could not handle: `failed`, with a one-line reason.
 
     Processing is deterministic, so retrying by itself would fail the same way;
@@ -243,7 +268,7 @@ def record_failure(db: Database, inbox_id: int, reason: str) -> None:
               (" ".join(reason.split())[:500], InboxState.FAILED.value, inbox_id))
 
 
-def requeue(db: Database, inbox_id: int) -> InboxState | None:
+def requeue(db: Writable, inbox_id: int) -> InboxState | None:
     """`maildesk inbox retry`: put a failed (or ignored) message back in the queue. Returns
     the state it was in (None: no such message); a processed or duplicate message stays
     as it is, so retrying one never stores it, nor sends its mail, twice."""

@@ -35,6 +35,7 @@ class AlwaysLeader:
 
 class AdvisoryLeader:
     def __init__(self, url: str, key: int = SCHEDULER_LOCK_KEY) -> None:
+        # direct.connect: TCP keepalives both ways, so a dead host's lock is freed soon
         self.engine = create_engine(url, poolclass=NullPool,
                                     creator=lambda: direct.connect(url, timeout=5))
         self.key = key

@@ -136,7 +136,7 @@ class MailboxLock:
         if self._conn is not None:
             return self.held()
         try:
-            url = self._url
+            url = self._url  # direct.connect: keepalives, so a dead host's lock is freed
             self._engine = self._engine or create_engine(
                 url, poolclass=NullPool, creator=lambda: direct.connect(url, timeout=5))
             conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")

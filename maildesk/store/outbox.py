@@ -4,11 +4,12 @@ An outgoing message is a fully rendered row, written in the same transaction as 
 ticket change that caused it, so a decision and its mail commit together or not at all.
 The sender claims due rows with a lease (SKIP LOCKED on PostgreSQL), hands each to a
 transport and marks it sent right after the transport accepted it: a message is never
-claimed by two senders, and a restart finds it either `sent` or still `pending`.
+claimed by two senders. A transport that cannot tell a repeat (SMTP) has the row marked
+`sending` right before the point of no return; a row left `sending` by a sender that died
+counts as sent (`recover`), a row left `pending` is sent again.
 
-Hand-written SQL (store.raw), except for the bounce handler's rows (`by_id`,
-`by_message_id`: ORM objects, imported there), so that `maildesk outbox list` imports
-no SQLAlchemy.
+Hand-written SQL (store.raw) throughout, so that `maildesk outbox list` and `maildesk
+ingest` import no SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -18,18 +19,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from maildesk.addresses import mailbox
 from maildesk.store.inbox import utcnow
 from maildesk.store.raw import Raw, placeholders
 from maildesk.store.raw import raw as _raw
 
 if TYPE_CHECKING:  # `maildesk outbox list` runs without SQLAlchemy (store.direct.Reader)
-    from sqlmodel import Session
-
     from maildesk.store.db import Database
     from maildesk.store.direct import Readable
-    from maildesk.store.tables import OutboxRow
+    from maildesk.store.raw import Tx
 
 PENDING, SENT, FAILED, BOUNCED = "pending", "sent", "failed", "bounced"
+SENDING = "sending"  # the smarthost may have it: the end of DATA went out, no reply yet
+PRESUMED_SENT = ("presumed sent: the sender stopped after the end of DATA, before the"
+                 " smarthost's reply; `maildesk outbox retry ID` sends it again")
 LEASE = timedelta(minutes=5)  # longer than any transport timeout: a live sender keeps its rows
 
 
@@ -67,7 +70,7 @@ def split_recipients(value: str) -> tuple[str, ...]:
 
 
 def reserve(
-    s: Session, *, message_id: str, raw: bytes, ticket_id: int | None, entry_id: int | None,
+    s: Tx, *, message_id: str, raw: bytes, ticket_id: int | None, entry_id: int | None,
     template: str, automatic: bool, recipients: Iterable[str], now: datetime,
     envelope_from: Callable[[int], str], thread_index_root: str | None = None,
 ) -> int:
@@ -93,39 +96,39 @@ def reserve(
     r.many("INSERT INTO message_ref (key, ticket_id, kind) VALUES (?, ?, ?)", refs)
     if automatic:
         r.many("INSERT INTO auto_reply (address, created_at) VALUES (?, ?)",
-               [(a.lower(), at) for a in recipients])
+               [(mailbox(a), at) for a in recipients])
     return outbox_id
 
 
-def auto_replies_since(s: Session, address: str, since: datetime) -> int:
-    """How many automatic messages went (or are going) to `address` since `since`."""
+def auto_replies_since(s: Tx, address: str, since: datetime) -> int:
+    """How many automatic messages went (or are going) to the mailbox of `address`
+    (`addresses.mailbox`: its `+` forms count together) since `since`."""
     r = _raw(s)
     found = r.one("SELECT count(*) FROM auto_reply WHERE address = ? AND created_at >= ?",
-                  (address.lower(), r.time(since)))
+                  (mailbox(address), r.time(since)))
     return int(found[0]) if found else 0
 
 
-def by_id(s: Session, outbox_id: int) -> OutboxRow | None:
-    from maildesk.store.tables import OutboxRow
-
-    return s.get(OutboxRow, outbox_id)
-
-
-def by_message_id(s: Session, message_id: str) -> OutboxRow | None:
-    from sqlmodel import select
-
-    from maildesk.store.tables import OutboxRow
-
-    return s.exec(select(OutboxRow).where(OutboxRow.message_id == message_id)).first()
+def by_id(s: Tx, outbox_id: int) -> OutboxItem | None:
+    """One outgoing message (the bounce handler's: which message a report is about)."""
+    r = _raw(s)
+    row = r.one(f"SELECT {_ITEM_COLUMNS} FROM outbox WHERE id = ?", (outbox_id,))
+    return _raw_item(r, row) if row else None
 
 
-def mark_bounced(s: Session, row: OutboxRow, reason: str) -> None:
-    row.state = BOUNCED
-    row.last_error = _one_line(reason)
-    s.add(row)
+def by_message_id(s: Tx, message_id: str) -> OutboxItem | None:
+    r = _raw(s)
+    row = r.one(f"SELECT {_ITEM_COLUMNS} FROM outbox WHERE message_id = ? ORDER BY id LIMIT 1",
+                (message_id,))
+    return _raw_item(r, row) if row else None
 
 
-def suppressed(s: Session, addresses: Iterable[str]) -> set[str]:
+def mark_bounced(s: Tx, outbox_id: int, reason: str) -> None:
+    _raw(s).run("UPDATE outbox SET state = ?, last_error = ? WHERE id = ?",
+                (BOUNCED, _one_line(reason), outbox_id))
+
+
+def suppressed(s: Tx, addresses: Iterable[str]) -> set[str]:
     """The addresses among `addresses` that are on the suppression list."""
     wanted = list(dict.fromkeys(a.lower() for a in addresses))
     if not wanted:
@@ -135,7 +138,7 @@ def suppressed(s: Session, addresses: Iterable[str]) -> set[str]:
     return {a for (a,) in found}
 
 
-def suppress(s: Session, address: str, reason: str, now: datetime) -> bool:
+def suppress(s: Tx, address: str, reason: str, now: datetime) -> bool:
     """Put an address on the suppression list; False when it already was."""
     address = address.lower()
     r = _raw(s)
@@ -194,6 +197,19 @@ class Result:
     at: datetime | None = None  # sent_at for SENT, next attempt for PENDING
 
 
+def mark_sending(db: Database, outbox_id: int) -> None:
+    """The transport is about to pass the point of no return with this row. A process
+    that dies after this commit leaves the row `sending` (the database has it, flushed
+    or not), and a crash in the time between the commit and the point of no return loses
+    the message: so the commit does not wait for the disk, a flush that took
+    milliseconds (most of the window, measured with bench/crash.py). A power cut may undo
+    it, and then the row is sent again, as it was before this mark existed; the sender's
+    record of the smarthost's 250 is durable."""
+    with db.write_raw(durable=False) as r:
+        r.run("UPDATE outbox SET state = ? WHERE id = ? AND state = ?",
+              (SENDING, outbox_id, PENDING))
+
+
 def record(db: Database, results: Sequence[Result]) -> None:
     """Store attempts in one transaction: rows leave the sender's lease."""
     if not results:
@@ -204,6 +220,29 @@ def record(db: Database, results: Sequence[Result]) -> None:
                [(x.state, _one_line(x.note) if x.note else None,
                  r.time(x.at) if x.state == SENT else None,
                  r.time(x.at) if x.state == PENDING else None, x.outbox_id) for x in results])
+
+
+def recover(db: Database, *, now: datetime | None = None, sole: bool = False,
+            ) -> list[OutboxItem]:
+    """Rows that a dead sender left behind. `sending` rows whose lease ran out (all of
+    them when `sole`) count as sent (PRESUMED_SENT) and are returned, for the log. With
+    `sole` (no other sender can be alive: a daemon that owns its SQLite file) the leases
+    of `pending` rows end now instead of after LEASE; they stay marked as claimed before,
+    so that the transport checks for a copy of an earlier try (`Claimed.reclaimed`)."""
+    now = now or utcnow()
+    with db.write_raw() as r:
+        at = r.time(now)
+        lapsed = "" if sole else " AND claimed_until < ?"
+        rows = r.rows(f"SELECT {_ITEM_COLUMNS} FROM outbox WHERE state = ?{lapsed}",
+                      (SENDING, *([] if sole else [at])))
+        if rows:
+            r.run("UPDATE outbox SET state = ?, attempts = attempts + 1, claimed_until = NULL,"
+                  f" last_error = ?, sent_at = ? WHERE state = ?{lapsed}",
+                  (SENT, PRESUMED_SENT, at, SENDING, *([] if sole else [at])))
+        if sole:
+            r.run("UPDATE outbox SET claimed_until = ? WHERE state = ? AND claimed_until > ?",
+                  (r.time(now - timedelta(seconds=1)), PENDING, at))
+        return [_raw_item(r, row) for row in rows]
 
 
 def release(db: Database, ids: list[int]) -> None:
@@ -217,12 +256,14 @@ def release(db: Database, ids: list[int]) -> None:
 
 def retry(db: Database, outbox_id: int, *, now: datetime | None = None) -> bool:
     """`maildesk outbox retry`: a failed (or pending) message becomes due now, with a fresh
-    retry schedule (the sender counts `max_retry` by attempts, see sender.backoff)."""
+    retry schedule (the sender counts `max_retry` by attempts, see sender.backoff). A sent
+    one only when it was presumed sent (`recover`): the operator found it missing."""
     now = now or utcnow()
     with db.write_raw() as r:
         return r.run("UPDATE outbox SET state = ?, attempts = 0, next_attempt_at = ?,"
-                     " claimed_until = NULL WHERE id = ? AND state != ?",
-                     (PENDING, r.time(now), outbox_id, SENT)) > 0
+                     " claimed_until = NULL, sent_at = NULL"
+                     " WHERE id = ? AND (state != ? OR last_error = ?)",
+                     (PENDING, r.time(now), outbox_id, SENT, PRESUMED_SENT)) > 0
 
 
 def list_items(db: Readable, *, state: str | None = None, limit: int = 200) -> list[OutboxItem]:

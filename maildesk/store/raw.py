@@ -20,7 +20,9 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # not imported at run time: the CLI's reads run without SQLAlchemy
+if TYPE_CHECKING:  # not imported at run time: the CLI runs without SQLAlchemy
+    from typing import TypeAlias
+
     from sqlalchemy.engine import Connection
     from sqlmodel import Session
 
@@ -47,6 +49,7 @@ class Raw:
         self.sqlite = sqlite
         self.cur = dbapi.cursor()
         self._last_time: tuple[datetime | None, Any] = (None, None)
+        self._savepoints = 0
 
     def _sql(self, sql: str) -> str:
         return sql if self.sqlite else _pyformat(sql)
@@ -93,12 +96,15 @@ class Raw:
         if value is None:
             return None
         if isinstance(value, str):
-            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+            if len(value) <= 26:  # as stored: "YYYY-MM-DD HH:MM:SS[.ffffff]", UTC
+                # parsed with its zone: replace(tzinfo=) took 25x the parse here
+                return datetime.fromisoformat(value + "+00:00")
+            return datetime.fromisoformat(value).astimezone(UTC)
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def raw(session: Session | Raw) -> Raw:
+def raw(session: Tx) -> Raw:
     """The session's Raw, made on first use (one cursor per transaction); a Raw itself
     (the reads that serve both the daemon's sessions and the CLI's store.direct.Reader).
 
@@ -115,11 +121,24 @@ def raw(session: Session | Raw) -> Raw:
 
 
 @contextmanager
-def savepoint(session: Session) -> Iterator[None]:
+def savepoint(tx: Tx) -> Iterator[None]:
     """A nested transaction whose SAVEPOINT is emitted at once, so the raw statements
-    that follow run inside it: rolled back alone when the block raises."""
-    with session.begin_nested():
-        session.connection()
+    that follow run inside it: rolled back alone when the block raises. On a Raw of
+    its own (store.direct.DirectDatabase) the statements are plain SQL."""
+    if isinstance(tx, Raw):
+        tx._savepoints += 1
+        name = f"sp_{tx._savepoints}"
+        tx.cur.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            tx.cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            tx.cur.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        tx.cur.execute(f"RELEASE SAVEPOINT {name}")
+        return
+    with tx.begin_nested():
+        tx.connection()
         yield
 
 
@@ -133,3 +152,11 @@ def _pyformat(sql: str) -> str:
     """sqlite3's `?` placeholders as psycopg's `%s` (our SQL has no literal ? or %)."""
     assert "%" not in sql
     return sql.replace("?", "%s")
+
+
+if TYPE_CHECKING:
+    # A write transaction as the processing path gets it: the daemon's ORM session
+    # (store.db.Database.write), or a Raw on a driver connection that no SQLAlchemy
+    # holds (store.direct.DirectDatabase.write, for `maildesk ingest`). Hot-path code
+    # only ever calls `raw(tx)` on it.
+    Tx: TypeAlias = Session | Raw

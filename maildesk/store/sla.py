@@ -21,7 +21,7 @@ from maildesk.store.raw import placeholders, raw
 from maildesk.store.tickets import Ticket
 
 if TYPE_CHECKING:  # not at run time: `maildesk sla show` runs without SQLAlchemy
-    from sqlmodel import Session
+    from maildesk.store.raw import Tx
 
 OPEN_STATUSES = ("new", "open", "pending")
 
@@ -44,13 +44,13 @@ class SentMail:
 # --- pauses ------------------------------------------------------------------------------
 
 
-def add_pause(s: Session, ticket_id: int, started: datetime, ended: datetime) -> None:
+def add_pause(s: Tx, ticket_id: int, started: datetime, ended: datetime) -> None:
     r = raw(s)
     r.run("INSERT INTO sla_pause (ticket_id, started_at, ended_at) VALUES (?, ?, ?)",
           (ticket_id, r.time(started), r.time(ended)))
 
 
-def pauses(s: Session, ticket_id: int) -> list[Pause]:
+def pauses(s: Tx, ticket_id: int) -> list[Pause]:
     """The ended pauses of a ticket, oldest first."""
     r = raw(s)
     rows = r.rows("SELECT started_at, ended_at FROM sla_pause WHERE ticket_id = ?"
@@ -66,7 +66,7 @@ def pauses(s: Session, ticket_id: int) -> list[Pause]:
 # --- the keys of mail sent once ---------------------------------------------------------
 
 
-def claim(s: Session, *, ticket_id: int, target: str, due_at: datetime, kind: str,
+def claim(s: Tx, *, ticket_id: int, target: str, due_at: datetime, kind: str,
           recipients: Sequence[str], now: datetime) -> bool:
     """Take the key of one scheduled mail; False when it was already taken (sent before,
     or by a scanner that committed first)."""
@@ -79,7 +79,7 @@ def claim(s: Session, *, ticket_id: int, target: str, due_at: datetime, kind: st
     return found is not None
 
 
-def sent(s: Session, ticket_id: int) -> list[SentMail]:
+def sent(s: Tx, ticket_id: int) -> list[SentMail]:
     r = raw(s)
     rows = r.rows("SELECT target, due_at, kind, recipients, created_at FROM sla_mail"
                   " WHERE ticket_id = ? ORDER BY created_at, id", (ticket_id,))
@@ -91,7 +91,7 @@ def sent(s: Session, ticket_id: int) -> list[SentMail]:
     return out
 
 
-def claim_digest(s: Session, *, agent: str, day: str, listed: int, now: datetime) -> bool:
+def claim_digest(s: Tx, *, agent: str, day: str, listed: int, now: datetime) -> bool:
     """Take the key of an agent's digest for one local day (YYYY-MM-DD)."""
     r = raw(s)
     found = r.one("INSERT INTO digest_mail (agent, day, tickets, created_at) VALUES (?, ?, ?, ?)"
@@ -100,7 +100,7 @@ def claim_digest(s: Session, *, agent: str, day: str, listed: int, now: datetime
     return found is not None
 
 
-def digests_of(s: Session, day: str) -> set[str]:
+def digests_of(s: Tx, day: str) -> set[str]:
     """The agents whose digest of `day` is done."""
     return {a for (a,) in raw(s).rows("SELECT agent FROM digest_mail WHERE day = ?", (day,))}
 
@@ -110,13 +110,13 @@ def digests_of(s: Session, day: str) -> set[str]:
 _DUE = "sla_next_at <= ? ORDER BY sla_next_at, id LIMIT ?"
 
 
-def due_tickets(s: Session, now: datetime, limit: int) -> list[Ticket]:
+def due_tickets(s: Tx, now: datetime, limit: int) -> list[Ticket]:
     """Tickets whose next reminder or breach may be due at `now`: one range of the
     `sla_next_at` index, so the scan costs what is due, not what is open."""
     return tickets.find(s, _DUE, (raw(s).time(now), limit))
 
 
-def scan_plan(s: Session, now: datetime) -> str:
+def scan_plan(s: Tx, now: datetime) -> str:
     """The database's plan for the scan's read (EXPLAIN), one line per step."""
     r = raw(s)
     sql = f"SELECT id FROM ticket WHERE {_DUE}"
@@ -126,7 +126,7 @@ def scan_plan(s: Session, now: datetime) -> str:
     return "\n".join(str(row[0]) for row in r.rows(f"EXPLAIN {sql}", (now, 100)))
 
 
-def save_sla(s: Session, t: Ticket) -> None:
+def save_sla(s: Tx, t: Ticket) -> None:
     """Write back what the scan recomputed: the policy, the due times, the next event."""
     r = raw(s)
     r.run("UPDATE ticket SET sla_policy = ?, first_response_due = ?, next_response_due = ?,"
@@ -135,7 +135,7 @@ def save_sla(s: Session, t: Ticket) -> None:
            r.time(t.resolution_due), r.time(t.sla_next_at), t.id))
 
 
-def waiting_since(s: Session, status: str, before: datetime, limit: int,
+def waiting_since(s: Tx, status: str, before: datetime, limit: int,
                   after: tuple[datetime, int] | None = None) -> list[Ticket]:
     """Tickets in `status` that have waited since before `before`, longest first (the
     index on status and paused_since); `after`: continue past this (paused_since, id)."""
@@ -148,7 +148,7 @@ def waiting_since(s: Session, status: str, before: datetime, limit: int,
                            " ORDER BY paused_since, id LIMIT ?", (*params, limit))
 
 
-def open_tickets_of(s: Session, agents: Sequence[str]) -> list[Ticket]:
+def open_tickets_of(s: Tx, agents: Sequence[str]) -> list[Ticket]:
     """Open tickets (new, open, pending) assigned to any of `agents`, oldest first."""
     if not agents:
         return []

@@ -57,9 +57,11 @@ class TicketRow(SQLModel, table=True):
     # order (merged-away tickets, merged_into set, are left out by the index range), and
     # its total counts index entries only, however many tickets there are. Auto-close
     # reads pending tickets by how long they have waited (maildesk.autoclose).
+    # `report --since` reads the live tickets of its period from ix_ticket_live_created.
     __table_args__ = (Index("ix_ticket_status_list", "status", "merged_into", "id"),
                       Index("ix_ticket_queue_list", "queue", "merged_into", "id"),
-                      Index("ix_ticket_status_paused_since", "status", "paused_since"))
+                      Index("ix_ticket_status_paused_since", "status", "paused_since"),
+                      Index("ix_ticket_live_created", "merged_into", "created_at"))
 
     id: int | None = Field(default=None, primary_key=True)
     subject: str = ""
@@ -77,7 +79,7 @@ class TicketRow(SQLModel, table=True):
     last_customer_at: datetime | None = None
     first_response_at: datetime | None = None
     agent_touched: bool = False  # any agent action: such tickets are linked, never merged
-    merged_into: int | None = Field(default=None, index=True)
+    merged_into: int | None = None  # indexed by ix_ticket_live_created
     solved_at: datetime | None = None
     closed_at: datetime | None = None
     first_response_due: datetime | None = None
@@ -204,8 +206,8 @@ class OutboxRow(SQLModel, table=True):
 
 
 class AutoReplyRow(SQLModel, table=True):
-    """One automatic message to one address: the hourly cap counts these (an index
-    range scan, however large the outbox grows)."""
+    """One automatic message to one mailbox (`addresses.mailbox`): the hourly cap counts
+    these (an index range scan, however large the outbox grows)."""
 
     __tablename__ = "auto_reply"
     __table_args__ = (Index("ix_auto_reply_address_at", "address", "created_at"),)

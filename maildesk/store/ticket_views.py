@@ -20,9 +20,8 @@ from maildesk.domain import EntryKind, EntryView, Priority, Status, TicketView
 from maildesk.store.raw import Raw, placeholders, raw
 
 if TYPE_CHECKING:
-    from sqlmodel import Session
-
     from maildesk.store.direct import Readable
+    from maildesk.store.raw import Tx
     from maildesk.store.tickets import Ticket
 
 _IN_CHUNK = 500  # ids per IN (...) list: SQLite allows 32,766 parameters, PostgreSQL 65,535
@@ -57,7 +56,7 @@ def _by_ticket(r: Raw, sql: str, ids: Sequence[int]) -> dict[int, list[Any]]:
     return found
 
 
-def views(src: Session | Raw, rows: Sequence[Sequence[Any]]) -> list[TicketView]:
+def views(src: Tx, rows: Sequence[Sequence[Any]]) -> list[TicketView]:
     """TicketViews of rows selected as _VIEW_COLUMNS: two queries in all for their CC
     participants and links, not two per ticket."""
     r = raw(src)
@@ -89,7 +88,7 @@ def views(src: Session | Raw, rows: Sequence[Sequence[Any]]) -> list[TicketView]
     return out
 
 
-def view(src: Session | Raw, row: Ticket) -> TicketView:
+def view(src: Tx, row: Ticket) -> TicketView:
     r = raw(src)
     found = r.one(f"SELECT {_VIEW_COLUMNS} FROM ticket WHERE id = ?", (row.id,))
     assert found is not None, f"no ticket #{row.id}"
@@ -127,7 +126,7 @@ def page(
 
 
 def list_views(
-    src: Session | Raw, *, status: str | None = None, queue: str | None = None,
+    src: Tx, *, status: str | None = None, queue: str | None = None,
     limit: int = 500,
 ) -> list[TicketView]:
     """The newest `limit` live tickets (see `page`)."""
@@ -145,7 +144,7 @@ class _Fixed:
         yield self.r
 
 
-def entries(src: Session | Raw, ticket_id: int) -> list[EntryView]:
+def entries(src: Tx, ticket_id: int) -> list[EntryView]:
     """The entries of a ticket in order, with their attachments (one query for all of
     them) and whether their body is still being read (a pending follow-up)."""
     r = raw(src)

@@ -29,9 +29,8 @@ from maildesk.store.ticket_views import views as views
 from maildesk.thread import TicketFacts
 
 if TYPE_CHECKING:  # not at run time: `maildesk tickets list` runs without SQLAlchemy
-    from sqlmodel import Session
-
     from maildesk.store.direct import Readable
+    from maildesk.store.raw import Tx
 
 MAX_MERGE_HOPS = 20
 
@@ -78,21 +77,29 @@ _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM ticket"
 _UPDATE = f"UPDATE ticket SET {', '.join(f'{c} = ?' for c in _COLUMNS[1:])} WHERE id = ?"
 
 
+_TIME_AT = tuple(i for i, c in enumerate(_COLUMNS) if c in _TIMES)
+_TOUCHED_AT = _COLUMNS.index("agent_touched")
+
+
 def _ticket(r: Raw, row: Row) -> Ticket:
-    values: dict[str, Any] = {c: r.read_time(v) if c in _TIMES else v
-                              for c, v in zip(_COLUMNS, row, strict=True)}
-    values["agent_touched"] = bool(values["agent_touched"])
-    return Ticket(**values)
+    # by position (the columns are the dataclass's fields in order): a dict of names per
+    # row was most of what `report` spent reading a large desk
+    assert len(row) == len(_COLUMNS)
+    values = list(row)
+    for i in _TIME_AT:
+        values[i] = r.read_time(values[i])
+    values[_TOUCHED_AT] = bool(values[_TOUCHED_AT])
+    return Ticket(*values)
 
 
-def load(s: Session | Raw, ticket_id: int) -> Ticket | None:
+def load(s: Tx, ticket_id: int) -> Ticket | None:
     """One ticket as stored (merges not followed)."""
     r = raw(s)
     row = r.one(f"{_SELECT} WHERE id = ?", (ticket_id,))
     return _ticket(r, row) if row else None
 
 
-def find(s: Session, where: str, params: Sequence[Any] = ()) -> list[Ticket]:
+def find(s: Tx, where: str, params: Sequence[Any] = ()) -> list[Ticket]:
     """Tickets as stored, by a condition of ours (`where` may end in ORDER BY / LIMIT)."""
     r = raw(s)
     return [_ticket(r, row) for row in r.rows(f"{_SELECT} WHERE {where}", params)]
@@ -103,7 +110,7 @@ def _stored(r: Raw, t: Ticket, columns: Sequence[str]) -> list[Any]:
     return [r.time(getattr(t, c)) if c in _TIMES else getattr(t, c) for c in columns]
 
 
-def save(s: Session, t: Ticket) -> None:
+def save(s: Tx, t: Ticket) -> None:
     r = raw(s)
     r.run(_UPDATE, (*_stored(r, t, _COLUMNS[1:]), t.id))
 
@@ -111,7 +118,7 @@ def save(s: Session, t: Ticket) -> None:
 class SessionLookup:
     """thread.ThreadLookup over one database session (inside the processing transaction)."""
 
-    def __init__(self, session: Session | Raw) -> None:
+    def __init__(self, session: Tx) -> None:
         self.s = session
         # What threading loaded, so storing the message changes the same objects.
         self.loaded: dict[int, Ticket] = {}
@@ -180,13 +187,13 @@ class SessionLookup:
         return found[0] if found else None
 
 
-def get_row(s: Session | Raw, ticket_id: int) -> Ticket | None:
+def get_row(s: Tx, ticket_id: int) -> Ticket | None:
     """The ticket, merges followed."""
     return SessionLookup(s)._resolve(ticket_id)
 
 
 def create(
-    s: Session, *, subject: str, subject_key: str, requester: str, reply_to: str | None,
+    s: Tx, *, subject: str, subject_key: str, requester: str, reply_to: str | None,
     queue: str, now: datetime,
 ) -> Ticket:
     r = raw(s)
@@ -206,7 +213,7 @@ def create(
 
 
 def add_participants(
-    s: Session, ticket_id: int, addrs: Iterable[str], role: str = "cc", *, new: bool = False
+    s: Tx, ticket_id: int, addrs: Iterable[str], role: str = "cc", *, new: bool = False
 ) -> None:
     """Add addresses not yet on the ticket (`new`: the ticket was just created, has none)."""
     wanted = [a for a in dict.fromkeys(addrs) if a]
@@ -219,7 +226,7 @@ def add_participants(
 
 
 def add_refs(
-    s: Session, ticket_id: int, keys: Iterable[tuple[str, str]], *, new: bool = False
+    s: Tx, ticket_id: int, keys: Iterable[tuple[str, str]], *, new: bool = False
 ) -> None:
     """Remember (key, kind) pairs for the ticket; already known keys are skipped."""
     wanted = {k[:998]: kind for k, kind in keys}
@@ -239,7 +246,7 @@ def _known(r: Raw, table: str, column: str, ticket_id: int, values: Sequence[str
 
 
 def add_entry(
-    s: Session, *, ticket_id: int, kind: EntryKind, from_addr: str | None, subject: str,
+    s: Tx, *, ticket_id: int, kind: EntryKind, from_addr: str | None, subject: str,
     body: str, now: datetime, message_id: str | None, inbox_id: int | None = None,
     verified: bool | None = None, thread_rule: str = "", thread_reason: str = "",
     attachments: Sequence[Attachment] = (),
@@ -256,27 +263,27 @@ def add_entry(
     return entry_id
 
 
-def fill_entry(s: Session, entry_id: int, *, body: str,
+def fill_entry(s: Tx, entry_id: int, *, body: str,
                attachments: Sequence[Attachment] = ()) -> None:
     """The body and attachments of an entry stored from its message's headers alone."""
     raw(s).run("UPDATE entry SET body = ? WHERE id = ?", (body, entry_id))
     _add_attachments(s, entry_id, attachments)
 
 
-def _add_attachments(s: Session, entry_id: int, attachments: Sequence[Attachment]) -> None:
+def _add_attachments(s: Tx, entry_id: int, attachments: Sequence[Attachment]) -> None:
     raw(s).many("INSERT INTO attachment (entry_id, filename, content_type, size, sha256, data)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 [(entry_id, a.filename, a.content_type, a.size,
                   hashlib.sha256(a.data).hexdigest(), a.data) for a in attachments])
 
 
-def participants(s: Session, ticket_id: int) -> list[tuple[str, str]]:
+def participants(s: Tx, ticket_id: int) -> list[tuple[str, str]]:
     """(address, role) of everyone on the ticket, in the order they joined."""
     return [(a, role) for a, role in raw(s).rows(
         "SELECT address, role FROM participant WHERE ticket_id = ? ORDER BY id", (ticket_id,))]
 
 
-def last_customer_message(s: Session, ticket_id: int) -> tuple[str | None, int | None] | None:
+def last_customer_message(s: Tx, ticket_id: int) -> tuple[str | None, int | None] | None:
     """(Message-ID, inbox id) of the ticket's latest customer entry; None without one."""
     found = raw(s).one(
         "SELECT message_id, inbox_id FROM entry WHERE ticket_id = ? AND kind = ?"
@@ -284,7 +291,7 @@ def last_customer_message(s: Session, ticket_id: int) -> tuple[str | None, int |
     return (found[0], found[1]) if found else None
 
 
-def link(s: Session, a: int, b: int, reason: str) -> None:
+def link(s: Tx, a: int, b: int, reason: str) -> None:
     r = raw(s)
     for x, y in ((a, b), (b, a)):
         if r.one("SELECT 1 FROM ticket_link WHERE ticket_id = ? AND other_id = ?",
@@ -293,7 +300,7 @@ def link(s: Session, a: int, b: int, reason: str) -> None:
                   (x, y, reason))
 
 
-def merge(s: Session, lookup: SessionLookup, into: Ticket, other: int, now: datetime) -> None:
+def merge(s: Tx, lookup: SessionLookup, into: Ticket, other: int, now: datetime) -> None:
     """Move everything of `other` onto `into`; `other` stays as a closed pointer.
 
     `into` is the caller's record, saved by the caller; `other` is saved here."""
@@ -324,7 +331,7 @@ def merge(s: Session, lookup: SessionLookup, into: Ticket, other: int, now: date
 # CLI's `report` runs on a store.direct.Reader, without SQLAlchemy.
 
 
-def last_assignee(s: Session, queue: str) -> str | None:
+def last_assignee(s: Tx, queue: str) -> str | None:
     """The assignee of the most recently created assigned ticket in `queue` (round robin)."""
     found = raw(s).one(
         "SELECT assignee FROM ticket WHERE queue = ? AND assignee IS NOT NULL"
@@ -332,7 +339,7 @@ def last_assignee(s: Session, queue: str) -> str | None:
     return found[0] if found else None
 
 
-def open_counts(s: Session, agents: Sequence[str]) -> dict[str, int]:
+def open_counts(s: Tx, agents: Sequence[str]) -> dict[str, int]:
     """How many unsolved tickets each agent holds (least open)."""
     counts = {a: 0 for a in agents}
     if not counts:
@@ -346,15 +353,27 @@ def open_counts(s: Session, agents: Sequence[str]) -> dict[str, int]:
     return counts
 
 
-def report_rows(src: Session | Raw, since: datetime | None) -> list[Ticket]:
+_REPORT = "merged_into IS NULL AND created_at >= ?"  # ix_ticket_live_created: one range
+
+
+def report_rows(src: Tx, since: datetime | None) -> list[Ticket]:
     """Tickets created since `since` (merged-away ones excluded), for `maildesk report`."""
     r = raw(src)
     if since is None:
         rows = r.rows(f"{_SELECT} WHERE merged_into IS NULL")
     else:
-        rows = r.rows(f"{_SELECT} WHERE merged_into IS NULL AND created_at >= ?",
-                      (r.time(since),))
+        rows = r.rows(f"{_SELECT} WHERE {_REPORT}", (r.time(since),))
     return [_ticket(r, row) for row in rows]
+
+
+def report_plan(src: Tx, since: datetime) -> str:
+    """The database's plan for the report's read of a period (EXPLAIN), a line a step."""
+    r = raw(src)
+    sql = f"SELECT id FROM ticket WHERE {_REPORT}"
+    if r.sqlite:
+        return "\n".join(str(row[-1]) for row in r.rows(f"EXPLAIN QUERY PLAN {sql}",
+                                                        (r.time(since),)))
+    return "\n".join(str(row[0]) for row in r.rows(f"EXPLAIN {sql}", (since,)))
 
 
 def count_by_status(db: Readable) -> dict[str, int]:
