@@ -28,6 +28,7 @@ exited.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -44,21 +45,23 @@ sys.path.insert(0, str(REPO))
 from tests.dovecot import dovecot_missing, remove, start_dovecot  # noqa: E402
 from tests.helpers import message  # noqa: E402
 from tests.outage_load import (  # noqa: E402
-    BackendKill,
-    FileSizeLimit,
-    FullDisk,
     Outage,
     Outages,
-    Partition,
-    ProxyOutage,
     SmtpLoad,
     connect,
     max_rss_kb,
     run_outage,
     store_rows,
+    verdict,
+)
+from tests.outages import (  # noqa: E402
+    BackendKill,
+    FileSizeLimit,
+    FullDisk,
+    Partition,
+    ProxyOutage,
     tmpfs,
     unmount,
-    verdict,
 )
 from tests.tcp_proxy import TcpProxy  # noqa: E402
 from tests.test_imap import mailbox_toml  # noqa: E402
@@ -80,11 +83,17 @@ def catch_up_times(load: SmtpLoad, outages: Outages) -> list[float]:
     return out
 
 
-def settle(db_url: str, expected: int, timeout: float) -> None:
-    def done() -> bool:
+def settle(db_url: str, expected: int, timeout: float) -> float:
+    """Until every message is on a ticket and nothing is left to do; the seconds it took."""
+    started = time.monotonic()
+    while True:
         rows = store_rows(db_url)
-        return len(rows.entries) >= expected and not rows.half_stored
-    wait_for("everything processed and sent", done, timeout=timeout)
+        if len(rows.entries) >= expected and not rows.half_stored:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not settled after {timeout:g} s: {len(rows.entries)} of "
+                                 f"{expected} on tickets; {rows.half_stored[:5]}")
+        time.sleep(1)
 
 
 def report(name: str, d: Daemon, load: SmtpLoad, outages: Outages, db_url: str,
@@ -178,12 +187,13 @@ def run_postgresql(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         if server is not None:
             wait_for("the mailbox emptied", lambda: not server.uids("alice", "INBOX"),
                      timeout=300)
-        settle(db_url, len(load.accepted) + imap_sent, timeout=600)
+        settled = settle(db_url, len(load.accepted) + imap_sent, timeout=1500)
         entries = store_rows(db_url).entries
         imap_once = sum(1 for m, e in entries.items() if m.startswith("imap-") and len(e) == 1)
         return report("postgresql", d, load, outages, db_url, recover, True, imap_sent, {
             "imap_stored_once": imap_once, "imap_flagged_while_away": flagged_while_away,
-            "sessions_killed": kills.killed, "partitions": args.outages if part else 0,
+            "settled_after_load_s": round(settled, 1), "sessions_killed": kills.killed,
+            "partitions": args.outages if part else 0,
             "log_internal_errors": d.log().count("unexpected error")})
     finally:
         for c in load.clients:
@@ -223,8 +233,9 @@ def run_sqlite(work: Path, args: argparse.Namespace) -> dict[str, Any]:
             recover.append(run_outage(load, kinds[k % len(kinds)], outages, hold=args.hold))
             time.sleep(args.hold)
         load.finish(timeout=300)
-        settle(db_url, len(load.accepted), timeout=600)
+        settled = settle(db_url, len(load.accepted), timeout=1500)
         return report("sqlite", d, load, outages, db_url, recover, False, 0, {
+            "settled_after_load_s": round(settled, 1),
             "full_disk_by": "RLIMIT_FSIZE" + (" and a full tmpfs" if mounted else ""),
             "log_internal_errors": d.log().count("unexpected error")})
     finally:
@@ -259,9 +270,12 @@ def main() -> int:
                    help="PostgreSQL also goes silent (needs root and ip netns)")
     p.add_argument("--tmpfs-size", default="24m")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--workdir", help="keep the daemons' folders (logs, databases) here")
     args = p.parse_args()
     results = []
-    with tempfile.TemporaryDirectory(prefix="maildesk-outage-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = args.workdir or stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="maildesk-outage-"))
         for name, run in (("postgresql", run_postgresql), ("sqlite", run_sqlite)):
             if args.db in (name, "both"):
                 results.append(run(Path(tmp), args))

@@ -1,10 +1,10 @@
 """The database goes away under load (issue 13, outage): a real `maildesk serve`, real SMTP
 clients sending without pause (tests/outage_load.py), a real Dovecot mailbox, the local
-PostgreSQL behind a TCP proxy that the test stops (never the server itself), and SQLite on a
-disk that runs full. While the database is away every DATA gets `451` (never `250`, never a
-5xx, never a dropped connection), the IMAP poller flags and moves nothing, `/healthz` says
-unhealthy; once it is back, every message the clients retry is stored once, on one ticket,
-with one acknowledgement, and the daemon never exited."""
+PostgreSQL behind a TCP proxy that the test stops (never the server itself) or cuts off in
+silence (tests/outages.py), and SQLite on a disk that runs full. While the database is away
+every DATA gets `451` (never `250`, never a 5xx, never a dropped connection), the IMAP poller
+flags and moves nothing, `/healthz` says unhealthy; once it is back, every message the clients
+retry is stored once, on one ticket, with one acknowledgement, and the daemon never exited."""
 
 from __future__ import annotations
 
@@ -17,17 +17,8 @@ import pytest
 
 from tests.dovecot import Dovecot, dovecot_missing, remove, start_dovecot
 from tests.helpers import message
-from tests.outage_load import (
-    BackendKill,
-    FileSizeLimit,
-    Outages,
-    Partition,
-    ProxyOutage,
-    SmtpLoad,
-    run_outage,
-    store_rows,
-    verdict,
-)
+from tests.outage_load import Outages, SmtpLoad, run_outage, store_rows, verdict
+from tests.outages import BackendKill, FileSizeLimit, Partition, ProxyOutage
 from tests.tcp_proxy import TcpProxy
 from tests.test_imap import mailbox_toml
 from tests.test_operations import get, with_metrics
@@ -125,7 +116,8 @@ def test_postgresql_goes_away_under_smtp_and_imap_load(
         wait_for("everything processed and sent", lambda: settled(pg_url, sent), timeout=30)
 
         assert d.proc is not None and d.proc.poll() is None, "the daemon exited"
-        assert "unexpected error" not in d.log() and "internal error" not in d.log()
+        log = d.log()  # an outage is never taken for a bug
+        assert "unexpected error" not in log and "internal error" not in log
         v = verdict(load, outages, pg_url, d.folder / "outbox")
         print(v.summary())
         assert v.in_outage[451] >= 10 and v.in_outage[250] == 0
@@ -183,7 +175,7 @@ def test_sqlite_on_a_full_disk_under_smtp_load(own_daemon: Daemon) -> None:
 def test_postgresql_gone_silent_gets_451_within_seconds(own_daemon: Daemon, pg_url: str) -> None:
     """A server that drops packets without a reset (host powered off, network partition):
     without limits of our own a commit waited for TCP to give up (~15 minutes) and no DATA
-    got an answer within the client's 20 s. libpq's keepalives and tcp_user_timeout
+    got an answer at all meanwhile. libpq's keepalives and tcp_user_timeout
     (store.direct.PG_SILENCE_LIMITS) make it a 451 within seconds."""
     part = Partition()
     why = part.start()
@@ -195,7 +187,9 @@ def test_postgresql_gone_silent_gets_451_within_seconds(own_daemon: Daemon, pg_u
         d = own_daemon
         use_database(d, part.url(pg_url.rpartition("/")[2]))
         listen = with_metrics(d)
-        load = SmtpLoad(d.port, clients=2, rate=6, timeout=20)
+        # an MTA waits 10 minutes for the answer to DATA; each pooled connection the silence
+        # left dead costs the commit thread up to tcp_user_timeout: 60 s is room for them
+        load = SmtpLoad(d.port, clients=2, rate=6, timeout=60)
         outages = Outages()
         d.start()
         load.start()
@@ -280,7 +274,8 @@ def test_mail_sent_while_the_database_goes_away_is_recorded_once_it_is_back(
         items = outbox.list_items(desk.db)
         assert len(items) == 9 and {i.state for i in items} == {outbox.SENT}
         assert sorted(sends) == sorted(set(sends)) == sorted(i.id for i in items)
-        assert len(list((tmp_path / "out" / "new").iterdir())) == 9
+        if idempotent:  # a real Maildir: each message in it once
+            assert len(list((tmp_path / "out" / "new").iterdir())) == 9
     finally:
         desk.db.dispose()
         proxy.stop()

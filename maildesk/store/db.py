@@ -243,13 +243,40 @@ class Database:
 
 @contextmanager
 def _unavailable_on_error() -> Iterator[None]:
-    """Database-side failures that a retry can cure become StoreUnavailable."""
+    """Database-side failures that a retry can cure become StoreUnavailable: SQLAlchemy's,
+    and the driver's own from store.raw's statements, which run on the driver's cursor
+    (without this, a connection that PostgreSQL killed mid-batch read as a bad message)."""
     try:
         yield
     except (OperationalError, DBAPIError) as exc:
         if isinstance(exc, DBAPIError) and not _is_transient(exc):
             raise
         raise StoreUnavailable(_one_line(exc)) from exc
+    except Exception as exc:
+        cause = _transient_cause(exc)
+        if cause is None:
+            raise
+        raise StoreUnavailable(_one_line(cause)) from exc
+
+
+def _transient_cause(exc: BaseException) -> BaseException | None:
+    """The driver's transient error behind `exc`, if any: itself, or one it was raised while
+    handling (a rollback on a connection that died raises SQLAlchemy's PendingRollbackError,
+    which is no DBAPIError, with the connection loss as its context)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, Exception) and _from_driver(e) and direct.is_transient(e):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _from_driver(exc: Exception) -> bool:
+    """Raised by sqlite3 or psycopg themselves (checked by name: no import of psycopg for a
+    SQLite database)."""
+    return type(exc).__module__.partition(".")[0] in ("sqlite3", "psycopg")
 
 
 def _is_transient(exc: DBAPIError) -> bool:
