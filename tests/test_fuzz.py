@@ -160,6 +160,16 @@ def test_big_messages_are_read_whole_a_few_at_a_time(
                for e in fresh.desk.entries(inbox.get(db, i).ticket_id))  # type: ignore[union-attr]
 
 
+def test_a_reply_with_a_200_kb_subject_gets_a_short_reason(fresh: Harness) -> None:
+    """The subject rule quoted the whole subject: a 200 KB one-line reason."""
+    first = fresh.run(EXTREMES["subject_200k"]())
+    second = fresh.run(EXTREMES["subject_200k"]().replace(b"subject-200k@", b"again@"))
+    _check(second, "200 KB subject twice")  # the harness allows 2,000 characters
+    assert second.ticket == first.ticket and "same sender and subject" in (second.reason or "")
+    entry = fresh.desk.entries(second.ticket)[-1]
+    assert len(entry.thread_reason) < 200 and len(second.reason or "") < 600
+
+
 def test_injected_headers_in_subject_and_names_stay_text(fresh: Harness) -> None:
     raw = (b"From: =?utf-8?q?Eve=0D=0ABcc:_victim@example.org?= <eve@customer.example>\r\n"
            b"To: support@example.com\r\n"
