@@ -170,6 +170,17 @@ def test_a_reply_with_a_200_kb_subject_gets_a_short_reason(fresh: Harness) -> No
     assert len(entry.thread_reason) < 200 and len(second.reason or "") < 600
 
 
+def test_an_undecodable_encoded_word_is_quoted_back_as_written(fresh: Harness) -> None:
+    """A subject of encoded words in a charset nobody knows stays as written, and the ack
+    sent it on as ASCII: clients decoded it into NULs and controls."""
+    word = "=?utf-8 x?B?//7cAG4A7wBjAPYAZADpAA==?="
+    r = fresh.run(_plain(Subject=f"{word} {word}"))
+    _check(r, "bogus encoded word")
+    [ack] = [raw for t, raw in r.outgoing if t == "ack"]
+    subject = str(email.message_from_bytes(ack, policy=email.policy.default)["Subject"])
+    assert subject == f"Re: {word} {word} [MD#{r.ticket}]"
+
+
 def test_injected_headers_in_subject_and_names_stay_text(fresh: Harness) -> None:
     raw = (b"From: =?utf-8?q?Eve=0D=0ABcc:_victim@example.org?= <eve@customer.example>\r\n"
            b"To: support@example.com\r\n"

@@ -247,9 +247,11 @@ def _encoded(value: str) -> str:
     """A sanitised unstructured header value; RFC 2047 words when it is not ASCII.
 
     Base64 words of at most 45 bytes (60 characters encoded), split between characters,
-    one per folded line."""
+    one per folded line. ASCII text that a client would read as encoded words ("=?...?=",
+    e.g. a subject whose words we could not decode) is encoded too, so it shows as written
+    instead of being decoded into whatever bytes (NUL, controls) it claims."""
     text = header_text(value)
-    if text.isascii():
+    if text.isascii() and "=?" not in text:
         return text
     words, chunk = [], b""
     for ch in text:
