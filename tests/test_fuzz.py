@@ -59,7 +59,7 @@ def _check(r: Result, what: str) -> None:
     assert r.cpu_s < CPU_BOUND, f"{what}: {r.cpu_s:.2f} s of CPU"
 
 
-@settings(max_examples=40, deadline=None, derandomize=True,
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(sorted(CORPUS)),
