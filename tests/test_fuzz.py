@@ -5,7 +5,7 @@ Maildir, and through a real `maildesk serve` over SMTP.
 Each input must be stored and either ticketed or parked (`failed`/`ignored`) with a
 one-line reason; nothing raises or logs an exception; every message we send has clean
 headers (no raw CR/LF, ASCII, real fields) and is sent; each input takes bounded CPU
-time (tests/fuzz_mail.py `Harness` checks all of it). The hypothesis examples are a
+time (tests/fuzz_harness.py `Harness` checks all of it). The hypothesis examples are a
 corpus message under one to four mutations (`fuzz_mail.MUTATIONS`); the named extreme
 cases are explicit tests.
 """
@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 from maildesk.domain import InboxState
 from maildesk.parse import parse_message
 from maildesk.store import inbox
-from tests.fuzz_mail import EXTREMES, MUTATIONS, Harness, Result, corpus_messages, mutate
-from tests.fuzz_mail import header_problems as outgoing_header_problems
+from tests.fuzz_harness import Harness, Result
+from tests.fuzz_harness import header_problems as outgoing_header_problems
+from tests.fuzz_mail import EXTREMES, MUTATIONS, corpus_messages, mutate
 from tests.test_serve import Daemon, wait_for
 
 CORPUS = corpus_messages()
