@@ -182,6 +182,22 @@ def test_an_undecodable_encoded_word_is_quoted_back_as_written(fresh: Harness) -
     assert subject == f"Re: {word} {word} [MD#{r.ticket}]"
 
 
+def test_long_address_lists_are_folded() -> None:
+    """An agent's relay to a ticket with 2,000 CCs wrote one 56 KB Cc line."""
+    from datetime import UTC, datetime
+
+    from maildesk.outbound.render import Headers, Rendered, build_message
+
+    cc = [f"person{i}@customer.example" for i in range(2000)]
+    raw = build_message(Headers(from_name="Desk", from_addr="support@example.com",
+                                to=["carol@customer.example"], cc=cc, subject="s",
+                                message_id="1@example.com", date=datetime.now(UTC)),
+                        Rendered("s", "text", None))
+    assert not outgoing_header_problems(raw)
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert [a.addr_spec for a in msg["Cc"].addresses] == cc
+
+
 def test_injected_headers_in_subject_and_names_stay_text(fresh: Harness) -> None:
     raw = (b"From: =?utf-8?q?Eve=0D=0ABcc:_victim@example.org?= <eve@customer.example>\r\n"
            b"To: support@example.com\r\n"
