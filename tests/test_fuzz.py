@@ -198,6 +198,17 @@ def test_long_address_lists_are_folded() -> None:
     assert [a.addr_spec for a in msg["Cc"].addresses] == cc
 
 
+def test_a_reply_naming_non_ascii_message_ids_is_stored_and_answered(fresh: Harness) -> None:
+    """An 8-bit Message-ID in References made build_message raise: the message `failed`."""
+    first = fresh.run(_plain(**{"Message-ID": "<first@customer.example>"}))
+    r = fresh.run(_plain(Subject="Re: [MD#1] help", **{
+        "Message-ID": "<réponse@customer.example>", "In-Reply-To": "<ünï@customer.example>",
+        "References": "<first@customer.example> <ünï@customer.example>"}).replace(
+        "é".encode("latin-1"), "é".encode()).replace("ü".encode("latin-1"), "ü".encode()))
+    _check(r, "non-ASCII ids")
+    assert r.state == "processed" and r.ticket == first.ticket
+
+
 def test_injected_headers_in_subject_and_names_stay_text(fresh: Harness) -> None:
     raw = (b"From: =?utf-8?q?Eve=0D=0ABcc:_victim@example.org?= <eve@customer.example>\r\n"
            b"To: support@example.com\r\n"

@@ -276,6 +276,7 @@ def _encoded(value: str) -> str:
 
 
 def _msg_id(value: str) -> str | None:
-    """A message id fit for a header: no brackets, spaces or controls, one '@'."""
+    """A message id fit for a header: ASCII, no brackets, spaces or controls, an '@'."""
     v = header_text(value, 998).strip("<> ")
-    return v if v and " " not in v and "<" not in v and ">" not in v and "@" in v else None
+    ok = v.isascii() and " " not in v and "<" not in v and ">" not in v and "@" in v
+    return v if ok else None
