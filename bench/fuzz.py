@@ -5,7 +5,7 @@
 Feeds, one by one, into the real pipeline on a SQLite database (two desks taking turns:
 one without rules, which stores mail from its headers and reads the body in the
 follow-up, and one whose rules read the body, which reads it whole at once) and drains
-the real sender into a Maildir after each input (tests/fuzz_mail.py `Harness`):
+the real sender into a Maildir after each input (tests/fuzz_harness.py `Harness`):
 
 1. every message of the shared corpus as it is;
 2. every corpus message under every mutation of `fuzz_mail.MUTATIONS`, `--seeds` times;
@@ -41,14 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from tests.fuzz_mail import (  # noqa: E402
-    EXTREMES,
-    MUTATIONS,
-    Harness,
-    Result,
-    corpus_messages,
-    mutate,
-)
+from tests.fuzz_harness import Harness, Result  # noqa: E402
+from tests.fuzz_mail import EXTREMES, MUTATIONS, corpus_messages, mutate  # noqa: E402
 
 
 class Hang(BaseException):  # not an Exception: no `except Exception` in maildesk stops it

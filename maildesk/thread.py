@@ -242,8 +242,13 @@ def _by_subject(
         return None
     return ThreadDecision(
         ticket.id, ThreadRule.SUBJECT_WINDOW,
-        f"same sender and subject {key!r} within {policy.subject_window}",
+        f"same sender and subject {_quoted(key)} within {policy.subject_window}",
     )
+
+
+def _quoted(text: str, limit: int = 100) -> str:
+    """A subject as a reason quotes it: a 200 KB subject made a 200 KB inbox reason."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 def _ids(ids: Sequence[int]) -> str:

@@ -5,7 +5,7 @@ Maildir, and through a real `maildesk serve` over SMTP.
 Each input must be stored and either ticketed or parked (`failed`/`ignored`) with a
 one-line reason; nothing raises or logs an exception; every message we send has clean
 headers (no raw CR/LF, ASCII, real fields) and is sent; each input takes bounded CPU
-time (tests/fuzz_mail.py `Harness` checks all of it). The hypothesis examples are a
+time (tests/fuzz_harness.py `Harness` checks all of it). The hypothesis examples are a
 corpus message under one to four mutations (`fuzz_mail.MUTATIONS`); the named extreme
 cases are explicit tests.
 """
@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 from maildesk.domain import InboxState
 from maildesk.parse import parse_message
 from maildesk.store import inbox
-from tests.fuzz_mail import EXTREMES, MUTATIONS, Harness, Result, corpus_messages, mutate
-from tests.fuzz_mail import header_problems as outgoing_header_problems
+from tests.fuzz_harness import Harness, Result
+from tests.fuzz_harness import header_problems as outgoing_header_problems
+from tests.fuzz_mail import EXTREMES, MUTATIONS, corpus_messages, mutate
 from tests.test_serve import Daemon, wait_for
 
 CORPUS = corpus_messages()
@@ -59,7 +60,7 @@ def _check(r: Result, what: str) -> None:
     assert r.cpu_s < CPU_BOUND, f"{what}: {r.cpu_s:.2f} s of CPU"
 
 
-@settings(max_examples=40, deadline=None, derandomize=True,
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(sorted(CORPUS)),
@@ -158,6 +159,54 @@ def test_big_messages_are_read_whole_a_few_at_a_time(
     assert [fresh.desk.pipeline.follow_up(limit=64) for _ in range(3)] == [2, 1, 0]
     assert all(e.body.startswith("word word") for i in ids
                for e in fresh.desk.entries(inbox.get(db, i).ticket_id))  # type: ignore[union-attr]
+
+
+def test_a_reply_with_a_200_kb_subject_gets_a_short_reason(fresh: Harness) -> None:
+    """The subject rule quoted the whole subject: a 200 KB one-line reason."""
+    first = fresh.run(EXTREMES["subject_200k"]())
+    second = fresh.run(EXTREMES["subject_200k"]().replace(b"subject-200k@", b"again@"))
+    _check(second, "200 KB subject twice")  # the harness allows 2,000 characters
+    assert second.ticket == first.ticket and "same sender and subject" in (second.reason or "")
+    entry = fresh.desk.entries(second.ticket)[-1]
+    assert len(entry.thread_reason) < 200 and len(second.reason or "") < 600
+
+
+def test_an_undecodable_encoded_word_is_quoted_back_as_written(fresh: Harness) -> None:
+    """A subject of encoded words in a charset nobody knows stays as written, and the ack
+    sent it on as ASCII: clients decoded it into NULs and controls."""
+    word = "=?utf-8 x?B?//7cAG4A7wBjAPYAZADpAA==?="
+    r = fresh.run(_plain(Subject=f"{word} {word}"))
+    _check(r, "bogus encoded word")
+    [ack] = [raw for t, raw in r.outgoing if t == "ack"]
+    subject = str(email.message_from_bytes(ack, policy=email.policy.default)["Subject"])
+    assert subject == f"Re: {word} {word} [MD#{r.ticket}]"
+
+
+def test_long_address_lists_are_folded() -> None:
+    """An agent's relay to a ticket with 2,000 CCs wrote one 56 KB Cc line."""
+    from datetime import UTC, datetime
+
+    from maildesk.outbound.render import Headers, Rendered, build_message
+
+    cc = [f"person{i}@customer.example" for i in range(2000)]
+    raw = build_message(Headers(from_name="Desk", from_addr="support@example.com",
+                                to=["carol@customer.example"], cc=cc, subject="s",
+                                message_id="1@example.com", date=datetime.now(UTC)),
+                        Rendered("s", "text", None))
+    assert not outgoing_header_problems(raw)
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert [a.addr_spec for a in msg["Cc"].addresses] == cc
+
+
+def test_a_reply_naming_non_ascii_message_ids_is_stored_and_answered(fresh: Harness) -> None:
+    """An 8-bit Message-ID in References made build_message raise: the message `failed`."""
+    first = fresh.run(_plain(**{"Message-ID": "<first@customer.example>"}))
+    r = fresh.run(_plain(Subject="Re: [MD#1] help", **{
+        "Message-ID": "<réponse@customer.example>", "In-Reply-To": "<ünï@customer.example>",
+        "References": "<first@customer.example> <ünï@customer.example>"}).replace(
+        "é".encode("latin-1"), "é".encode()).replace("ü".encode("latin-1"), "ü".encode()))
+    _check(r, "non-ASCII ids")
+    assert r.state == "processed" and r.ticket == first.ticket
 
 
 def test_injected_headers_in_subject_and_names_stay_text(fresh: Harness) -> None:

@@ -185,8 +185,8 @@ def build_message(h: Headers, body: Rendered, attachments: Sequence[Attachment] 
     in_reply_to = _msg_id(h.in_reply_to) if h.in_reply_to else None
     lines = [
         ("From", formataddr((header_text(h.from_name, 100), h.from_addr), "utf-8")),
-        ("To", ", ".join(h.to)),
-        ("Cc", ", ".join(h.cc) or None),
+        ("To", _address_list(h.to)),
+        ("Cc", _address_list(h.cc) or None),
         ("Reply-To", h.reply_to),
         ("Subject", _encoded(h.subject, len("Subject: "))),
         ("Date", format_datetime(h.date)),
@@ -206,6 +206,17 @@ def build_message(h: Headers, body: Rendered, attachments: Sequence[Attachment] 
     if not attachments:
         return head + _body_entity(body)
     return head + _multipart("mixed", [_body_entity(body), *map(_attachment_part, attachments)])
+
+
+def _address_list(addresses: Sequence[str]) -> str:
+    """Addresses folded onto lines of about 78 characters: a relay to a ticket's 2,000
+    CCs made one 56 KB header line (RFC 5322 allows 998)."""
+    lines = [""]
+    for address in addresses:
+        if lines[-1] and len(lines[-1]) + len(address) > 72:
+            lines.append("")
+        lines[-1] += (", " if lines[-1] else "") + address
+    return ",\r\n ".join(lines)
 
 
 def _body_entity(body: Rendered) -> bytes:
@@ -253,9 +264,12 @@ def _encoded(value: str, offset: int = 0) -> str:
     """A sanitised unstructured header value, folded at spaces within MAX_LINE (the first
     line starts `offset` characters in, after the header's name); RFC 2047 words when it
     is not ASCII: base64 words of at most 39 bytes (64 characters with their markers),
-    split between characters, one per folded line."""
+    split between characters, one per folded line. ASCII text that a client would read as
+    encoded words ("=?...?=", e.g. a subject whose words we could not decode) is encoded
+    too, so it shows as written instead of being decoded into whatever bytes (NUL,
+    controls) it claims."""
     text = header_text(value)
-    if text.isascii():
+    if text.isascii() and "=?" not in text:
         return _folded(text.split(" "), offset)
     words, chunk = [], b""
     for ch in text:
@@ -283,8 +297,9 @@ def _folded(words: Sequence[str], offset: int) -> str:
 
 
 def _msg_id(value: str) -> str | None:
-    """A message id fit for a header: no brackets, spaces or controls, one '@', at most
-    MAX_MSG_ID characters."""
+    """A message id fit for a header: ASCII, no brackets, spaces or controls, one '@', at
+    most MAX_MSG_ID characters."""
     v = header_text(value, MAX_MSG_ID + 3).strip("<> ")
-    ok = v and len(v) <= MAX_MSG_ID and " " not in v and "<" not in v and ">" not in v
+    ok = (v and len(v) <= MAX_MSG_ID and v.isascii() and " " not in v and "<" not in v
+          and ">" not in v)
     return v if ok and "@" in v else None

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # not at run time: `maildesk inbox list` runs without SQLAlch
     from maildesk.store.raw import Tx
 
 LEASE = timedelta(minutes=5)  # a worker that dies mid-message gives it back after this
+REASON_CHARS = 500  # of a one-line reason; the whole story is `maildesk explain`
 
 
 def utcnow() -> datetime:
@@ -245,7 +246,13 @@ def mark(
     r = raw(s)
     r.run("UPDATE inbox SET state = ?, reason = ?, ticket_id = ?, entry_id = ?,"
           " processed_at = ?, claimed_until = NULL WHERE id = ?",
-          (state.value, reason, ticket_id, entry_id, r.time(now or utcnow()), inbox_id))
+          (state.value, one_line(reason) if reason is not None else None, ticket_id,
+           entry_id, r.time(now or utcnow()), inbox_id))
+
+
+def one_line(reason: str) -> str:
+    """A reason as `inbox list` shows it: one line, at most REASON_CHARS characters."""
+    return " ".join(reason.split())[:REASON_CHARS]
 
 
 def mark_failed(s: Tx, inbox_id: int, reason: str) -> None:
@@ -265,7 +272,7 @@ def record_failure(db: Writable, inbox_id: int, reason: str) -> None:
     with db.write_raw() as r:
         r.run("UPDATE inbox SET attempts = attempts + 1, reason = ?, claimed_until = NULL,"
               " state = ? WHERE id = ?",
-              (" ".join(reason.split())[:500], InboxState.FAILED.value, inbox_id))
+              (one_line(reason), InboxState.FAILED.value, inbox_id))
 
 
 def requeue(db: Writable, inbox_id: int) -> InboxState | None:
