@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from maildesk import pipeline
+from maildesk import parse_pool
 from maildesk.domain import Source
 from maildesk.identity import content_hash, header_message_id
 from maildesk.scheduler import LEADER_POLL, Scheduler
@@ -180,13 +180,14 @@ def test_each_follow_up_is_read_whole_by_one_node(
     a.pipeline.process_batch(ids)  # stored from the headers: 32 follow-ups wait
     assert deferred.count(a.db) == 32
     parsed: Counter[str | None] = Counter()
-    real = pipeline.parse_message
+    real = parse_pool.parse_message
 
     def parse_message(raw: bytes):  # type: ignore[no-untyped-def]
         parsed[header_message_id(raw)] += 1
         return real(raw)
 
-    monkeypatch.setattr(pipeline, "parse_message", parse_message)
+    # follow-ups are read whole by the pipeline's parser (in-process here: parse_pool)
+    monkeypatch.setattr(parse_pool, "parse_message", parse_message)
 
     def node(desk: Desk) -> None:
         while deferred.count(desk.db):
