@@ -162,6 +162,27 @@ def remove(d: Dovecot) -> None:
     shutil.rmtree(d.dir, ignore_errors=True)
 
 
+def require_dovecot() -> None:
+    """In a test: skip it without dovecot, or FAIL it in CI (CI=true)."""
+    import pytest  # here, not at the top: bench/imap.py imports this module too
+
+    why = dovecot_missing()
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+def serving(prefix: str = "dovecot-test-") -> Iterator[Dovecot]:
+    """For a fixture (`yield from serving()`): a running instance, removed afterwards."""
+    require_dovecot()
+    server = start_dovecot(prefix)
+    try:
+        yield server
+    finally:
+        remove(server)
+
+
 def trust(*servers: Dovecot, into: Path) -> Path:
     """One CA bundle with the servers' self-signed certificates, for SSL_CERT_FILE."""
     into.write_text("".join(s.cert.read_text() for s in servers))

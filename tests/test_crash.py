@@ -4,7 +4,6 @@ bench/crash.py), with both outbound transports."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +17,7 @@ from maildesk.outbound.transports import MaildirTransport, make_transport
 from maildesk.store import StoreUnavailable, outbox
 from tests import crash_run
 from tests.daemon_proc import free_port
-from tests.dovecot import Dovecot, dovecot_missing, remove, start_dovecot
+from tests.dovecot import Dovecot, serving
 from tests.helpers import Desk, message, write_config
 from tests.test_outbound import Smarthost
 
@@ -150,14 +149,7 @@ def test_a_restarted_daemon_takes_back_its_predecessors_claims_at_once(tmp_path:
 
 @pytest.fixture(scope="module")
 def dovecot() -> Iterator[Dovecot]:
-    why = dovecot_missing()
-    if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
-    server = start_dovecot("dovecot-crash-")
-    yield server
-    remove(server)
+    yield from serving("dovecot-crash-")
 
 
 @pytest.mark.dovecot

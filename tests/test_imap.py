@@ -43,8 +43,8 @@ from maildesk.worker import Worker
 from tests.dovecot import (
     USERS,
     Dovecot,
-    dovecot_missing,
     remove,
+    require_dovecot,
     start_dovecot,
     trust,
     wait_for,
@@ -56,11 +56,7 @@ from tests.helpers import REPO, message, write_config
 
 @pytest.fixture(scope="session")
 def servers() -> Iterator[tuple[Dovecot, Dovecot]]:
-    why = dovecot_missing()
-    if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
+    require_dovecot()
     a, b = start_dovecot(), start_dovecot()
     yield a, b
     remove(a)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import pytest
 
 from maildesk import logs
 from maildesk.config import ConfigError, load_settings
-from tests.dovecot import Dovecot, dovecot_missing, remove, start_dovecot
+from tests.dovecot import Dovecot, serving
 from tests.helpers import write_config
 from tests.tcp_proxy import TcpProxy
 from tests.test_imap import mailbox_toml
@@ -129,16 +128,7 @@ def test_healthz_fails_while_postgresql_is_unreachable_and_recovers(
 
 @pytest.fixture
 def own_dovecot() -> Iterator[Dovecot]:
-    why = dovecot_missing()
-    if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
-    server = start_dovecot()
-    try:
-        yield server
-    finally:
-        remove(server)
+    yield from serving()
 
 
 @pytest.mark.dovecot

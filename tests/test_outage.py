@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dovecot import Dovecot, dovecot_missing, remove, start_dovecot
+from tests.dovecot import Dovecot, serving
 from tests.helpers import message
 from tests.outage_load import Outages, SmtpLoad, run_outage, store_rows, verdict
 from tests.outages import BackendKill, FileSizeLimit, Partition, ProxyOutage
@@ -36,16 +36,7 @@ def own_daemon(tmp_path: Path) -> Iterator[Daemon]:
 
 @pytest.fixture
 def own_dovecot() -> Iterator[Dovecot]:
-    why = dovecot_missing()
-    if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
-    server = start_dovecot()
-    try:
-        yield server
-    finally:
-        remove(server)
+    yield from serving()
 
 
 def settled(db_url: str, expected: int) -> bool:
