@@ -9,28 +9,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from maildesk.cli import main
 from maildesk.outbound.sender import Sender
 from maildesk.outbound.transports import MaildirTransport, make_transport
 from maildesk.store import StoreUnavailable, outbox
 from tests import crash_run
-from tests.daemon_proc import free_port
 from tests.dovecot import Dovecot, serving
 from tests.helpers import Desk, message, write_config
-from tests.test_outbound import Smarthost
+from tests.test_outbound import Smarthost, running_smarthost
 
 
 @pytest.fixture
 def smarthost() -> Iterator[tuple[Smarthost, int]]:
-    handler, port = Smarthost(), free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield handler, port
-    finally:
-        controller.stop()
+    yield from running_smarthost()
 
 
 def smtp_desk(tmp_path: Path, port: int) -> Desk:

@@ -340,8 +340,8 @@ class Smarthost:
         return "250 OK"
 
 
-@pytest.fixture
-def smarthost() -> Iterator[tuple[Smarthost, int]]:
+def running_smarthost() -> Iterator[tuple[Smarthost, int]]:
+    """For a fixture (`yield from`): a capturing SMTP server on a free port, stopped after."""
     handler = Smarthost()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -352,6 +352,11 @@ def smarthost() -> Iterator[tuple[Smarthost, int]]:
         yield handler, port
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def smarthost() -> Iterator[tuple[Smarthost, int]]:
+    yield from running_smarthost()
 
 
 def test_smtp_transport_delivers_retries_4xx_and_fails_on_5xx(
