@@ -101,6 +101,11 @@ class Service:
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
+        # Before anything listens: a SIGTERM that comes while the rest starts (the scheduler
+        # imports APScheduler after SMTP listens) is a stop once started, not a kill.
+        loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         # The parsing processes start first: mail is taken in once it can be read at speed.
         parser_started = loop.run_in_executor(None, self.parser.start)
         self.doorbell.start()  # first: it tells the sender whether it is the only one
@@ -115,9 +120,6 @@ class Service:
             await self.smtp.start()
         self._start_imap(self.settings)
         self.scheduler.start()
-        loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
-        loop.add_signal_handler(signal.SIGINT, self._stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         # Everything built so far lives as long as the process: keep it out of the garbage
         # collector's full passes, which otherwise stall processing for tens of ms.
         gc.freeze()
