@@ -84,7 +84,7 @@ class Service:
                              max_retry=settings.outbound.max_retry,
                              yield_to=lambda: self.worker.backlogged
                              or self._intake_busy(FOLLOW_UP_QUIET),
-                             sole=lambda: self.doorbell.listening)
+                             sole=lambda: self.doorbell.sole_sender)
         self.smtp: SmtpIntake | None = None
         # [workers] parse_processes: follow-ups are read whole in processes of our own.
         self.parser = make_parser(settings.workers.parse_processes)

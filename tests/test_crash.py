@@ -4,6 +4,7 @@ bench/crash.py), with both outbound transports."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from maildesk.cli import main
+from maildesk.intake import doorbell
 from maildesk.outbound.sender import Sender
 from maildesk.outbound.transports import MaildirTransport, make_transport
 from maildesk.store import StoreUnavailable, outbox
@@ -157,3 +159,19 @@ def test_sigkill_under_smtp_and_imap_load_loses_and_doubles_nothing(
     assert result.kills == 3, report
     assert (result.smtp_sent, result.imap_sent, result.agent_replies) == (120, 40, 6), report
     assert result.tickets == 40 and result.outbox_rows == 40 + 160 + 6, report
+
+
+def test_only_a_daemon_holding_a_sqlite_files_doorbell_is_the_sole_sender(tmp_path: Path
+                                                                          ) -> None:
+    """On PostgreSQL the doorbell is per host, and nodes on other hosts send the same
+    outbox: holding it must not make a node take their claims back at once."""
+    async def held(url: str) -> tuple[bool, bool]:
+        bell = doorbell.Doorbell(url, lambda ids: None)
+        bell.start()
+        try:
+            return bell.sock is not None, bell.sole_sender
+        finally:
+            bell.stop()
+
+    assert asyncio.run(held(f"sqlite:///{tmp_path}/sole.db")) == (True, True)
+    assert asyncio.run(held("postgresql+psycopg://postgres@127.0.0.1/sole")) == (True, False)

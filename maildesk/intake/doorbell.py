@@ -63,6 +63,7 @@ class Doorbell:
 
     def __init__(self, database_url: str, on_ring: Callable[[Sequence[int]], None]) -> None:
         self.address = address(database_url)
+        self.sqlite = database_url.startswith("sqlite")
         self.on_ring = on_ring
         self.sock: socket.socket | None = None
 
@@ -95,10 +96,11 @@ class Doorbell:
         asyncio.get_running_loop().add_reader(sock.fileno(), self._read)
 
     @property
-    def listening(self) -> bool:
-        """This daemon holds the doorbell of its database: no other daemon on this host
-        runs on that SQLite file (so none sends its outbox either)."""
-        return self.sock is not None
+    def sole_sender(self) -> bool:
+        """No other daemon can be sending this database's outbox. On SQLite, holding its
+        doorbell means no other daemon on this host runs on that file; on PostgreSQL the
+        doorbell is per host, and nodes on other hosts share the outbox: never."""
+        return self.sock is not None and self.sqlite
 
     def _read(self) -> None:
         assert self.sock is not None
