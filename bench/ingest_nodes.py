@@ -25,25 +25,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ingest import CONFIG as INGEST_CONFIG
 from ingest import DESK, REPO, free_port, wait_port
 
-CONFIG = """
-[desk]
-name = "Bench Desk"
-address = "support@example.com"
-secret = "bench-secret-0123456789"
-templates = "{templates}"
-[database]
-url = "{url}"
-[smtp]
-listen = "127.0.0.1:{port}"
-[outbound]
-maildir = "{dir}/outbox"
+# bench/ingest.py's desk, on the cluster's database, without the daily digest
+CONFIG = INGEST_CONFIG.replace('url = "sqlite:///{dir}/maildesk.db"', 'url = "{url}"') + """\
 [scheduler]
 digest_at = ""
-[[agents]]
-email = "alice@agents.example.com"
-name = "Alice"
 """
 TICK = os.sysconf("SC_CLK_TCK")
 
