@@ -117,6 +117,7 @@ remind_before = "30m"
 """
 
 TICKET_COLUMNS = tuple(f.name for f in fields(Ticket))
+BUSINESS_SHARE = 45 / 168  # Mon-Fri 09:00-18:00
 TABLES: dict[str, tuple[str, ...]] = {
     "ticket": TICKET_COLUMNS,
     "entry": ("id", "ticket_id", "inbox_id", "kind", "from_addr", "subject", "body",
@@ -240,7 +241,10 @@ def seed_sql(n: int, now: float, d: Dialect) -> list[str]:
         f" {t(f'created + CASE WHEN {urgent} THEN 86400 ELSE 2592000 END')},"
         f" CASE WHEN {urgent} THEN 'urgent' ELSE 'standard' END, NULL, NULL, h % 2, g % 2,"
         f" CASE WHEN status = 'pending' THEN {t('last')} END,"
-        f" CASE WHEN status IN ('new', 'open') THEN {t(f'{now} - 30 + g % 2592000')} END"
+        f" CASE WHEN status IN ('new', 'open') THEN {t(f'{now} - 30 + g % 2592000')} END,"
+        # business times as maildesk.deadlines records them: 45 office hours of a week's 168
+        f" CASE WHEN mails > 1 THEN gap * {BUSINESS_SHARE} END,"
+        f" CASE WHEN {done} THEN ({solved} - created) * {BUSINESS_SHARE} END"
         " FROM seed")
     # the mails of each ticket: seed x n in 0..mails-1, customer and agent in turn
     agent_of = f"coalesce(s.assignee, '{AGENTS[0]}')"

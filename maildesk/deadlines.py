@@ -19,7 +19,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from maildesk import sla
-from maildesk.config import Settings
+from maildesk.business_time import Calendar
+from maildesk.config import Settings, parse_business_hours
 from maildesk.store import sla as store
 from maildesk.store import tickets
 from maildesk.store.tickets import Ticket
@@ -41,6 +42,7 @@ def refresh(s: Tx, settings: Settings, ticket: Ticket, *, now: datetime,
     _track_next_response(ticket, now, customer_wrote=customer_wrote,
                          agent_replied=agent_replied)
     policy = sla.policy_for(settings.sla, ticket.queue, ticket.priority)
+    track_business_times(ticket, business_calendar(settings, policy))
     if policy is None:
         ticket.sla_policy = None
         ticket.first_response_due = ticket.next_response_due = ticket.resolution_due = None
@@ -112,6 +114,37 @@ def apply(ticket: Ticket, policy: str, dues: dict[sla.Target, sla.TargetDue]) ->
     ticket.resolution_due = at(sla.Target.RESOLUTION)
     upcoming = sla.events(dues, ticket.status) if ticket.merged_into is None else []
     ticket.sla_next_at = upcoming[0].at if upcoming else None
+
+
+DEFAULT_HOURS = "Mon-Fri 09:00-18:00"  # where no policy says: rules' business_hours too
+_default_calendars: dict[int, tuple[Settings, Calendar]] = {}
+
+
+def business_calendar(settings: Settings, policy: sla.Policy | None) -> Calendar:
+    """The calendar of a ticket's business times in reports: its policy's, else the first
+    policy's, else Mon-Fri 09:00-18:00 in desk.timezone (the hours rules use)."""
+    if policy is not None:
+        return sla.calendar(policy)
+    if settings.sla:
+        return sla.calendar(settings.sla[0])
+    found = _default_calendars.get(id(settings))
+    if found is None or found[0] is not settings:
+        if len(_default_calendars) > 16:  # reloads: forget the old settings' calendars
+            _default_calendars.clear()
+        cal = sla.default_calendar(parse_business_hours(DEFAULT_HOURS), settings.desk.tzinfo)
+        found = _default_calendars[id(settings)] = (settings, cal)
+    return found[1]
+
+
+def track_business_times(ticket: Ticket, cal: Calendar) -> None:
+    """First response and resolution in business seconds, for reports (computed again at
+    each change: a merge can move the creation time; a reopened ticket is not done)."""
+    def seconds(end: datetime | None) -> float | None:
+        return cal.elapsed(ticket.created_at, end).total_seconds() if end is not None else None
+
+    ticket.first_response_business = seconds(ticket.first_response_at)
+    ticket.resolution_business = seconds(done_at(ticket) if ticket.status in sla.DONE
+                                         else None)
 
 
 def _track_pause(s: Tx, ticket: Ticket, now: datetime) -> None:

@@ -30,6 +30,7 @@ from maildesk import agent_mail, ticketing
 from maildesk.agent_mail import AgentPlan
 from maildesk.classify import classify
 from maildesk.config import Settings, parse_business_hours
+from maildesk.deadlines import DEFAULT_HOURS
 from maildesk.domain import (
     Classification,
     InboxState,
@@ -60,7 +61,6 @@ if TYPE_CHECKING:
     from maildesk.store.raw import Tx
 
 log = logging.getLogger(__name__)
-DEFAULT_HOURS = "Mon-Fri 09:00-18:00"
 # Raw bytes a follow-up batch reads whole at once: its parsed messages are held for one
 # transaction, ~1.8 times their size (8 messages of 20 MB: +250 MB of RSS). Typical
 # mail (64 of 100 KB) fits in one batch; big messages go a few at a time.

@@ -1,140 +1,144 @@
 """`maildesk report`: volumes, first-response and resolution times, SLA attainment.
 
-Pure: ticket facts in, numbers out (the CLI reads the rows and prints). Times are in
-seconds, as wall-clock time and as business time (the calendar of the ticket's policy,
-else the desk's default hours: the first policy's, or Mon-Fri 09:00-18:00 in
-desk.timezone); waiting on the customer is not taken out of either. Attainment is per
-target (first response, next response, resolution): `met` (in time), `breached` (late, or
-still open past its due time), `open` (not yet due, or its clock stopped while waiting),
-and `attainment` = met / (met + breached). Each next-response clock of a ticket counts;
-the others count once a ticket. Grouped in total, by queue, by assignee and by policy.
+Pure: what the store counted and measured in, numbers out (the CLI reads and prints).
+Times are in seconds, as wall-clock time and as business time (the calendar of the
+ticket's policy, else the desk's default hours: maildesk.deadlines records them when they
+happen); waiting on the customer is not taken out of either. Attainment is per target
+(first response, next response, resolution): `met` (in time), `breached` (late, or still
+open past its due time), `open` (not yet due, or its clock stopped while waiting), and
+`attainment` = met / (met + breached). Each next-response clock of a ticket counts; the
+others count once a ticket, and only where the ticket's policy sets that target. Grouped
+in total, by queue, by assignee and by policy.
+
+A desk holds a million tickets after some years, so nothing here looks at one ticket
+twice: tickets alike in all the report counts come in as one `Tally` with their number,
+and the durations of each (queue, assignee, priority) are sorted once; a group's medians
+come from merging its sorted parts (Timsort merges sorted runs in linear time).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from statistics import median, quantiles
-from typing import Any, Protocol
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any
 
-from maildesk.business_time import Calendar
-from maildesk.sla import DONE, Policy, calendar, policy_for, state
+from maildesk.sla import Policy
 
 TARGETS = ("first_response", "next_response", "resolution")
+TIMES = ("first_response_seconds", "first_response_business_seconds", "resolution_seconds",
+         "resolution_business_seconds")
+
+Leaf = tuple[str, str | None, str]  # queue, assignee, priority: what the groups are made of
 
 
 @dataclass(frozen=True)
-class TicketFacts:
+class Tally:
+    """Tickets alike in all the report counts (store.tickets.report_tallies' columns)."""
+
     queue: str
     assignee: str | None
-    status: str
-    created_at: datetime
-    first_response_at: datetime | None
-    solved_at: datetime | None
-    first_response_due: datetime | None
-    resolution_due: datetime | None
-    policy: str | None = None
-    targets: frozenset[str] = frozenset()  # the targets its policy sets
-    next_response_due: datetime | None = None
-    next_response_running: bool = False  # a customer waits for the next agent reply
-    next_response_met: int = 0  # earlier next-response clocks
-    next_response_breached: int = 0
-    first_response_business: float | None = None  # seconds
-    resolution_business: float | None = None
-
-
-class Row(Protocol):
-    """What the report reads of a ticket row (store.tables.TicketRow)."""
-
-    queue: str
     priority: str
-    assignee: str | None
     status: str
-    created_at: datetime
-    first_response_at: datetime | None
-    solved_at: datetime | None
-    closed_at: datetime | None
-    updated_at: datetime
-    first_response_due: datetime | None
-    next_response_due: datetime | None
-    resolution_due: datetime | None
-    next_response_from: datetime | None
-    next_response_at: datetime | None
-    next_response_met: int
+    first_response: str | None  # sla.state: met | breached | open | None (no due time)
+    resolution: str | None
+    next_response: str | None  # the running next-response clock's state; None: none runs
+    next_response_met: int  # earlier next-response clocks
     next_response_breached: int
 
 
-def facts_of(row: Row, policies: Sequence[Policy], default: Calendar) -> TicketFacts:
-    policy = policy_for(policies, row.queue, row.priority)
-    cal = calendar(policy) if policy else default
-    solved = (row.solved_at or row.closed_at or row.updated_at) if row.status in DONE else None
-    targets = frozenset(t for t in TARGETS if policy is not None and getattr(policy, t))
-    return TicketFacts(
-        queue=row.queue, assignee=row.assignee, status=row.status, created_at=row.created_at,
-        first_response_at=row.first_response_at, solved_at=solved,
-        first_response_due=row.first_response_due, resolution_due=row.resolution_due,
-        policy=policy.name if policy else None, targets=targets,
-        next_response_due=row.next_response_due,
-        next_response_running=row.next_response_from is not None and row.next_response_at is None,
-        next_response_met=row.next_response_met, next_response_breached=row.next_response_breached,
-        first_response_business=_biz(cal, row.created_at, row.first_response_at),
-        resolution_business=_biz(cal, row.created_at, solved),
-    )
+@dataclass
+class Times:
+    """The durations of one leaf, in seconds (TIMES order), each sorted."""
+
+    lists: tuple[list[float], ...] = field(default_factory=lambda: ([], [], [], []))
+
+    def add(self, values: Sequence[float | None]) -> None:
+        for into, v in zip(self.lists, values, strict=True):
+            if v is not None:
+                into.append(v)
+
+    def sort(self) -> None:
+        for values in self.lists:
+            values.sort()
 
 
-def _biz(cal: Calendar, start: datetime, end: datetime | None) -> float | None:
-    return cal.elapsed(start, end).total_seconds() if end is not None else None
+PolicyOf = Callable[[str, str], Policy | None]  # (queue, priority) -> its policy
 
 
-def _stats(seconds: Sequence[float]) -> dict[str, float | int | None]:
-    if not seconds:
-        return {"count": 0, "median": None, "p90": None}
-    p90 = quantiles(seconds, n=10, method="inclusive")[-1] if len(seconds) > 1 else seconds[0]
-    return {"count": len(seconds), "median": round(median(seconds), 1), "p90": round(p90, 1)}
+def report(tallies: Mapping[Tally, int], times: Mapping[Leaf, Times],
+           policy_of: PolicyOf) -> dict[str, Any]:
+    """The whole report; `times` sorted (Times.sort)."""
+    policies: dict[tuple[str, str], Policy | None] = {}
+
+    def policy(queue: str, priority: str) -> Policy | None:
+        key = (queue, priority)
+        if key not in policies:
+            policies[key] = policy_of(queue, priority)
+        return policies[key]
+
+    def groups(queue: str, assignee: str | None, priority: str) -> list[tuple[str, str]]:
+        found = [("total", ""), ("by_queue", queue)]
+        if assignee:
+            found.append(("by_agent", assignee))
+        p = policy(queue, priority)
+        if p is not None:
+            found.append(("by_policy", p.name))
+        return found
+
+    counted: dict[tuple[str, str], dict[Tally, int]] = {}
+    for tally, n in tallies.items():
+        for g in groups(tally.queue, tally.assignee, tally.priority):
+            counted.setdefault(g, {})[tally] = n
+    timed: dict[tuple[str, str], list[Times]] = {}
+    for leaf, t in times.items():
+        for g in groups(*leaf):
+            timed.setdefault(g, []).append(t)
+    # each time of the whole desk sorted once (its leaves' sorted runs merged): the
+    # groups' quantiles are found in it (_select), not by merging their leaves again
+    every = [_merged([t.lists[i] for t in times.values()]) for i in range(len(TIMES))]
+
+    def summary(g: tuple[str, str]) -> dict[str, Any]:
+        parts = timed.get(g, [])
+        tallied = counted.get(g, {})
+        out = _volumes(tallied)
+        for i, name in enumerate(TIMES):
+            out[name] = _stats([t.lists[i] for t in parts if t.lists[i]], every[i])
+        out["sla"] = attainment(tallied, policy)
+        return out
+
+    out: dict[str, Any] = {"total": summary(("total", ""))}
+    for kind in ("by_queue", "by_agent", "by_policy"):
+        names = sorted({name for k, name in counted if k == kind})
+        out[kind] = {name: summary((kind, name)) for name in names}
+    return out
 
 
-def _count(into: dict[str, int], outcome: str | None) -> None:
-    into[outcome or "open"] += 1
+def _volumes(tallies: Mapping[Tally, int]) -> dict[str, Any]:
+    by_status: dict[str, int] = {}
+    for t, n in tallies.items():
+        by_status[t.status] = by_status.get(t.status, 0) + n
+    return {"tickets": sum(tallies.values()), "by_status": dict(sorted(by_status.items()))}
 
 
-_NA = "n/a"  # a target the ticket's policy does not set
-
-
-def _outcomes(t: TicketFacts, now: datetime) -> tuple[str | None, str | None, str | None]:
-    """The ticket's first response, resolution and running next response: met, breached,
-    open (None: no due time yet) or _NA."""
-    return (
-        state(t.first_response_due, t.first_response_at, now)
-        if "first_response" in t.targets else _NA,
-        state(t.resolution_due, t.solved_at, now) if "resolution" in t.targets else _NA,
-        state(t.next_response_due, None, now)
-        if "next_response" in t.targets and t.next_response_running else _NA,
-    )
-
-
-def attainment(tickets: Iterable[TicketFacts], now: datetime,
-               memo: dict[int, tuple[str | None, str | None, str | None]] | None = None
+def attainment(tallies: Mapping[Tally, int], policy: Callable[[str, str], Policy | None]
                ) -> dict[str, dict[str, Any]]:
-    """`memo` keeps each ticket's outcomes for the next group it is counted in."""
     out = {t: {"met": 0, "breached": 0, "open": 0} for t in TARGETS}
-    for t in tickets:
-        found = memo.get(id(t)) if memo is not None else None
-        if found is None:
-            found = _outcomes(t, now)
-            if memo is not None:
-                memo[id(t)] = found
-        first, resolution, running = found
-        if first is not _NA:
-            _count(out["first_response"], first)
-        if resolution is not _NA:
-            _count(out["resolution"], resolution)
-        if "next_response" in t.targets:
+    for t, n in tallies.items():
+        p = policy(t.queue, t.priority)
+        if p is None:
+            continue
+        if p.first_response:
+            out["first_response"][t.first_response or "open"] += n
+        if p.resolution:
+            out["resolution"][t.resolution or "open"] += n
+        if p.next_response:
             nr = out["next_response"]
-            nr["met"] += t.next_response_met
-            nr["breached"] += t.next_response_breached
-            if running is not _NA:
-                _count(nr, running)
+            nr["met"] += t.next_response_met * n
+            nr["breached"] += t.next_response_breached * n
+            if t.next_response is not None:
+                nr[t.next_response] += n
     result: dict[str, dict[str, Any]] = {}
     for target, c in out.items():
         judged = c["met"] + c["breached"]
@@ -142,49 +146,51 @@ def attainment(tickets: Iterable[TicketFacts], now: datetime,
     return result
 
 
-def summarise(tickets: Sequence[TicketFacts], now: datetime,
-              memo: dict[int, tuple[str | None, str | None, str | None]] | None = None
-              ) -> dict[str, Any]:
-    by_status: dict[str, int] = {}
-    for t in tickets:
-        by_status[t.status] = by_status.get(t.status, 0) + 1
-    answered = [t for t in tickets if t.first_response_at]
-    solved = [t for t in tickets if t.solved_at]
-    return {
-        "tickets": len(tickets),
-        "by_status": dict(sorted(by_status.items())),
-        "first_response_seconds": _stats(
-            [(t.first_response_at - t.created_at).total_seconds()
-             for t in answered if t.first_response_at]),
-        "first_response_business_seconds": _stats(
-            [t.first_response_business for t in answered if t.first_response_business is not None]),
-        "resolution_seconds": _stats(
-            [(t.solved_at - t.created_at).total_seconds() for t in solved if t.solved_at]),
-        "resolution_business_seconds": _stats(
-            [t.resolution_business for t in solved if t.resolution_business is not None]),
-        "sla": attainment(tickets, now, memo),
-    }
+def _merged(parts: Sequence[list[float]]) -> list[float]:
+    if len(parts) == 1:
+        return parts[0]
+    return sorted(chain.from_iterable(parts))  # sorted runs: merged, not sorted again
 
 
-def report(tickets: Sequence[TicketFacts], now: datetime) -> dict[str, Any]:
-    # grouped in one pass: a filter over all tickets per queue, agent and policy cost
-    # more than the figures themselves on a large desk
-    by_queue: dict[str, list[TicketFacts]] = {}
-    by_agent: dict[str, list[TicketFacts]] = {}
-    by_policy: dict[str, list[TicketFacts]] = {}
-    for t in tickets:
-        by_queue.setdefault(t.queue, []).append(t)
-        if t.assignee:
-            by_agent.setdefault(t.assignee, []).append(t)
-        if t.policy:
-            by_policy.setdefault(t.policy, []).append(t)
-    memo: dict[int, tuple[str | None, str | None, str | None]] = {}  # outcomes, once each
-    return {
-        "total": summarise(tickets, now, memo),
-        "by_queue": {q: summarise(by_queue[q], now, memo) for q in sorted(by_queue)},
-        "by_agent": {a: summarise(by_agent[a], now, memo) for a in sorted(by_agent)},
-        "by_policy": {p: summarise(by_policy[p], now, memo) for p in sorted(by_policy)},
-    }
+def _select(parts: Sequence[list[float]], every: list[float], k: int) -> float:
+    """The k-th smallest (from 0) of the sorted `parts` together, found in `every` (all
+    values, sorted; the parts' values among them): the first value of `every` with more
+    than k of the parts' values at or below it, by bisection (O(parts × log² n))."""
+    lo, hi = 0, len(every) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sum(bisect_right(p, every[mid]) for p in parts) > k:
+            hi = mid
+        else:
+            lo = mid + 1
+    return every[lo]
+
+
+def _stats(parts: Sequence[list[float]], every: list[float]) -> dict[str, float | int | None]:
+    """Count, median and p90 of the sorted `parts` together (the p90 as
+    statistics.quantiles(n=10, method="inclusive") gives it)."""
+    n = sum(len(p) for p in parts)
+    if not n:
+        return {"count": 0, "median": None, "p90": None}
+
+    def at(k: int) -> float:
+        return parts[0][k] if len(parts) == 1 else _select(parts, every, k)
+
+    mid = n // 2
+    median = at(mid) if n % 2 else (at(mid - 1) + at(mid)) / 2
+    if n == 1:
+        p90 = at(0)
+    else:
+        j, delta = divmod(9 * (n - 1), 10)
+        p90 = (at(j) * (10 - delta) + at(j + 1) * delta) / 10
+    return {"count": n, "median": round(median, 1), "p90": round(p90, 1)}
+
+
+def count(rows: Iterable[tuple[Any, ...]]) -> dict[Tally, int]:
+    """Rows of store.tickets.report_tallies, counted (in C: they are few kinds)."""
+    from collections import Counter
+
+    return {Tally(*row): n for row, n in Counter(rows).items()}
 
 
 def text(result: dict[str, Any]) -> list[str]:

@@ -25,17 +25,19 @@ def desk(tmp_path: Path, db_url: str) -> Iterator[SlaDesk]:
 
 
 def test_report_since_reads_its_period_from_an_index(desk: SlaDesk) -> None:
-    old = desk.customer("2026-10-05 10:00", frm="old@customer.example", subject="Old")
-    monday = desk.customer("2026-11-23 10:00", frm="a@customer.example", subject="Monday")
-    tuesday = desk.customer("2026-11-24 09:00", frm="b@customer.example", subject="Tuesday")
+    desk.customer("2026-10-05 10:00", frm="old@customer.example", subject="Old")
+    desk.customer("2026-11-23 10:00", frm="a@customer.example", subject="Monday")
+    desk.customer("2026-11-24 09:00", frm="b@customer.example", subject="Tuesday")
     with desk.desk.db.read() as s:
-        every = [t.id for t in tickets.report_rows(s, None)]
-        since = [t.id for t in tickets.report_rows(s, at("2026-11-23 10:00"))]
+        now = at("2026-11-23 10:30")  # only the old one is past its due time
+        every = [row[4] for row in tickets.report_tallies(s, None, now)]
+        since = [row[4] for row in tickets.report_tallies(s, at("2026-11-23 10:00"), now)]
         if not desk.desk.db.is_sqlite:  # a three-row table: make the planner show the index
             s.connection().exec_driver_sql("SET LOCAL enable_seqscan = off")
         plan = tickets.report_plan(s, at("2026-11-23 10:00"))
-    assert sorted(every) == sorted([old, monday, tuesday])
-    assert sorted(since) == sorted([monday, tuesday])  # from its first instant on
+    # their first responses: the old one long past due, the others still to come
+    assert sorted(every, key=str) == ["breached", "open", "open"]
+    assert since == ["open", "open"]  # from its first instant on
     assert "ix_ticket_live_created" in plan, plan
 
 

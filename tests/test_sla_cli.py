@@ -89,6 +89,28 @@ def test_report_gives_the_known_medians_and_attainment(
     assert "policy office" in text and "first response" in text and "50%" in text
 
 
+def test_report_reads_the_business_times_recorded_and_computes_missing_ones(
+    history: SlaDesk, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """maildesk.deadlines records each ticket's business times as they happen (what the
+    report reads on a large desk); tickets of a release before it have none, and the
+    report computes theirs: the same figures either way."""
+    a, b = history.ticket(1), history.ticket(2)
+    assert (a.first_response_business, a.resolution_business) == (1800.0, 14400.0)
+    assert (b.first_response_business, b.resolution_business) == (4500.0, None)  # pending
+    cfg = str(history.config)
+    recorded = run_json(capsys, "report", "--config", cfg, "--json")
+    with history.desk.db.write() as s:
+        s.connection().exec_driver_sql(
+            "UPDATE ticket SET first_response_business = NULL, resolution_business = NULL")
+    computed = run_json(capsys, "report", "--config", cfg, "--json")
+    assert computed == recorded
+    assert computed["total"]["first_response_business_seconds"]["median"] == 1800.0
+    history.change("2026-11-25 10:00", 2, status="solved", solved_at=at("2026-11-25 10:00"))
+    # B, Monday 17:30 to Wednesday 10:00: 30 min + 9 h + 1 h of business time
+    assert history.ticket(2).resolution_business == 10.5 * 3600
+
+
 def test_a_bad_since_is_one_clear_line_and_exit_2(
     history: SlaDesk, capsys: pytest.CaptureFixture[str]
 ) -> None:

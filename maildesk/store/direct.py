@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from maildesk.store.raw import Tx
 
 # The newest revision in migrations/versions (tests/test_store.py keeps them in step).
-SCHEMA_HEAD = "0007_scale"
+SCHEMA_HEAD = "0008_report_times"
 THREADING_LOCK_KEY = 0x6D61696C  # "mail": one advisory lock serialises threading on PostgreSQL
 
 

@@ -58,6 +58,11 @@ class Raw:
         self.cur.execute(self._sql(sql), params)
         return list(self.cur.fetchall())
 
+    def each(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Row]:
+        """The rows one by one, as the driver hands them over (a large read)."""
+        self.cur.execute(self._sql(sql), params)
+        return iter(self.cur)
+
     def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         self.cur.execute(self._sql(sql), params)
         row = self.cur.fetchone()

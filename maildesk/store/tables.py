@@ -98,6 +98,11 @@ class TicketRow(SQLModel, table=True):
     next_response_breached: int = 0
     paused_since: datetime | None = None
     sla_next_at: datetime | None = Field(default=None, index=True)
+    # Business seconds from creation to the first response and to done, in the calendar
+    # of the ticket's policy (else the desk's default hours), kept by maildesk.deadlines:
+    # `maildesk report` reads them rather than walk a calendar for every ticket it counts.
+    first_response_business: float | None = None
+    resolution_business: float | None = None
 
 
 class ParticipantRow(SQLModel, table=True):
