@@ -26,10 +26,18 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
 
 
 def all_sent(d: Daemon) -> bool:
+    """The daemon is done with everything it took in: no message waits to be processed or
+    for its follow-up (body, outgoing mail), and every outgoing mail is sent. (Every
+    queued mail sent alone is true too early: before the last message's follow-up has
+    queued its mail.)"""
     desk = d.desk()
     try:
+        with desk.db.read() as s:
+            waiting = s.connection().exec_driver_sql(
+                "SELECT (SELECT count(*) FROM inbox WHERE state = 'queued')"
+                " + (SELECT count(*) FROM deferred)").scalar()
         items = outbox.list_items(desk.db)
-        return bool(items) and all(i.state == outbox.SENT for i in items)
+        return not waiting and bool(items) and all(i.state == outbox.SENT for i in items)
     finally:
         desk.db.dispose()
 
