@@ -37,7 +37,12 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import Daemon, generate, wait_port  # noqa: E402  (bench/ingest.py, next to this file)
+from ingest import (  # noqa: E402  (bench/ingest.py, next to this file)
+    Daemon,
+    exit_on_sigterm,
+    generate,
+    wait_port,
+)
 
 READS = [
     ("tickets list", ["tickets", "list"]),
@@ -178,6 +183,7 @@ def interpreter_ms(runs: int) -> float:
 
 
 def main() -> None:
+    exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tickets", type=int, default=2000, help="messages to seed the desk with")

@@ -407,7 +407,14 @@ def _paired(runs: list[Figures], bares: list[float], name: str) -> str:
     return f"{value:6.1f} msg/s ({ratio:.2f}x)"
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (a `kill`, a CI timeout) unwinds like Ctrl-C, so every `finally` stops the
+    daemons it started: by default the bench died at once and left them running."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
 def main() -> None:
+    exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("-n", "--messages", type=int, default=2000)
     ap.add_argument("--connections", type=int, nargs="+", default=[1, 4])

@@ -61,7 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from ingest import Daemon, generate, send_all  # noqa: E402  (bench/ingest.py)
+from ingest import Daemon, exit_on_sigterm, generate, send_all  # noqa: E402  (bench/ingest.py)
 
 from maildesk.store import direct  # noqa: E402
 from maildesk.store.tickets import Ticket  # noqa: E402
@@ -685,6 +685,7 @@ def full_scans(found: dict[str, str]) -> list[str]:
 
 
 def main() -> None:
+    exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tickets", type=int, default=1_000_000)
