@@ -45,6 +45,20 @@ def settled(db_url: str, expected: int) -> bool:
     return len(rows.entries) >= expected and not rows.half_stored
 
 
+def wait_settled(d: Daemon, db_url: str, expected: int, timeout: float) -> None:
+    """settled(), or a failure that says what was left and what the daemon last logged
+    (a rare CI failure of the silent-PostgreSQL test said only "timed out")."""
+    try:
+        wait_for("everything processed and sent", lambda: settled(db_url, expected),
+                 timeout=timeout)
+    except AssertionError as exc:
+        rows = store_rows(db_url)
+        said = [line for line in d.log().splitlines() if " INFO " not in line][-40:]
+        raise AssertionError(f"{exc}: {len(rows.entries)} of {expected} messages stored;"
+                             f" left: {rows.half_stored[:20]}; the daemon's last warnings:\n"
+                             + "\n".join(said)) from None
+
+
 def use_database(d: Daemon, url: str) -> None:
     d.config.write_text(d.config.read_text().replace(
         f'url = "sqlite:///{d.folder}/maildesk.db"', f'url = "{url}"'))
@@ -104,7 +118,7 @@ def test_postgresql_goes_away_under_smtp_and_imap_load(
         wait_for("the mailbox emptied", lambda: not own_dovecot.uids("alice", "INBOX"),
                  timeout=30)
         sent = len(load.accepted) + len(imap_ids)
-        wait_for("everything processed and sent", lambda: settled(pg_url, sent), timeout=30)
+        wait_settled(d, pg_url, sent, timeout=30)
 
         assert d.proc is not None and d.proc.poll() is None, "the daemon exited"
         log = d.log()  # an outage is never taken for a bug
@@ -146,8 +160,7 @@ def test_sqlite_on_a_full_disk_under_smtp_load(own_daemon: Daemon) -> None:
         run_outage(load, full, outages, answers=10, during=while_full)
         wait_for("/healthz to recover", lambda: healthz(listen) == 200, timeout=30)
         load.finish(timeout=30)
-        wait_for("everything processed and sent",
-                 lambda: settled(url, len(load.accepted)), timeout=30)
+        wait_settled(d, url, len(load.accepted), timeout=30)
 
         assert d.proc.poll() is None, "the daemon exited"
         v = verdict(load, outages, url, d.folder / "outbox", strict=False)
@@ -191,8 +204,7 @@ def test_postgresql_gone_silent_gets_451_within_seconds(own_daemon: Daemon, pg_u
         load.finish(timeout=60)
         # the dead pooled connections fail one by one after the silence, each after up to
         # tcp_user_timeout (10 s): a loaded machine took over 30 s to settle
-        wait_for("everything processed and sent",
-                 lambda: settled(pg_url, len(load.accepted)), timeout=120)
+        wait_settled(d, pg_url, len(load.accepted), timeout=120)
         assert d.proc is not None and d.proc.poll() is None, "the daemon exited"
         v = verdict(load, outages, pg_url, d.folder / "outbox")
         assert v.in_outage[451] >= 1 and v.in_outage[250] == 0
