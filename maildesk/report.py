@@ -11,9 +11,10 @@ others count once a ticket, and only where the ticket's policy sets that target.
 in total, by queue, by assignee and by policy.
 
 A desk holds a million tickets after some years, so nothing here looks at one ticket
-twice: tickets alike in all the report counts come in as one `Tally` with their number,
-and the durations of each (queue, assignee, priority) are sorted once; a group's medians
-come from merging its sorted parts (Timsort merges sorted runs in linear time).
+twice: tickets alike in all the report counts come in as one `Tally` with their number;
+the durations of each (queue, assignee, priority) come sorted, the desk's are merged from
+them once (Timsort merges sorted runs), and a group's median and p90 are found in those
+by bisection (`_select`) rather than by merging the group's parts again.
 """
 
 from __future__ import annotations
