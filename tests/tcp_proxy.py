@@ -62,6 +62,7 @@ class TcpProxy:
                     continue
                 client.settimeout(None)
                 upstream.settimeout(None)
+                _keepalive(client)
                 with self._lock:
                     self._sockets |= {client, upstream}
                 for a, b in ((client, upstream), (upstream, client)):
@@ -77,3 +78,14 @@ class TcpProxy:
         finally:
             with suppress(OSError):
                 dst.shutdown(socket.SHUT_WR)
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """Probe the client as PostgreSQL probes its own (store.direct.SERVER_KEEPALIVES: 5 s
+    idle, then 3 probes 5 s apart), so that a client gone for good ends its session behind
+    the forwarder as it would on the server. Without it the forwarder, alive itself, kept
+    such a session for ever, and with it a dead daemon connection's advisory locks."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, option):  # Linux
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)

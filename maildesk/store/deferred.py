@@ -66,6 +66,11 @@ def pending(db: Writable, limit: int) -> list[int]:
 
 CLAIM_KEY_BASE = 0x464F4C4C << 32  # "FOLL": one advisory lock per follow-up, key base + id
 CANDIDATES = 4  # look at this many times `limit` of the oldest rows for free ones
+# A follow-up left this long is done whoever holds its lock: a session can outlive its
+# client behind a proxy or pooler (PgBouncer, a TCP forwarder), which answers the server's
+# keepalives itself, and keep the lock for ever (CI saw follow-ups left undone for good that
+# way). Follow-ups live milliseconds; two nodes at one after a minute cost a wasted read.
+STALE_CLAIM = 60.0  # seconds
 
 
 class Claims:
@@ -77,8 +82,9 @@ class Claims:
     open), and skips those another node holds: `pending` keeps the locks of what it
     returns again (the caller may read ahead), and gives back those of rows now done or
     not returned. A node that dies frees its locks with its connection, at once, and a
-    dead host's within ~20 s (direct.PG_SILENCE_LIMITS). Correctness does not depend on it:
-    `take` and the processing lock still make each follow-up happen once."""
+    dead host's within ~20 s (direct.PG_SILENCE_LIMITS); a lock older than STALE_CLAIM
+    is not waited for. Correctness does not depend on it: `take` and the processing lock
+    still make each follow-up happen once."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -100,16 +106,18 @@ class Claims:
         if self.conn is None:
             self.conn = direct.connect(self.url, timeout=5)
             self.conn.autocommit = True
-        oldest = [i for (i,) in self.conn.execute(
-            "SELECT inbox_id FROM deferred ORDER BY inbox_id LIMIT %s",
-            (CANDIDATES * limit,)).fetchall()]
+        rows = self.conn.execute(
+            "SELECT inbox_id, created_at < now() - make_interval(secs => %s) FROM deferred"
+            " ORDER BY inbox_id LIMIT %s", (STALE_CLAIM, CANDIDATES * limit)).fetchall()
+        oldest = [i for i, _ in rows]
         asked = [i for i in oldest if i not in self.held]
         got = {i for (i, ok) in self.conn.execute(
             "SELECT i, pg_try_advisory_lock(%s + i) FROM unnest(%s::bigint[]) AS i",
             (CLAIM_KEY_BASE, asked)).fetchall() if ok} if asked else set()
-        mine = sorted((self.held & set(oldest)) | got)[:limit]
+        stale = {i for i, old in rows if old}  # locked or not: its holder is taken for dead
+        mine = sorted((self.held & set(oldest)) | got | stale)[:limit]
         self._unlock((self.held | got) - set(mine))
-        self.held = set(mine)
+        self.held = set(mine) & (self.held | got)  # a stale one's lock is not ours
         return mine
 
     def _unlock(self, ids: set[int]) -> None:
