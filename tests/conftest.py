@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import write_config
+from tests.test_serve import Daemon
 
 PG_ADMIN_URL = os.environ.get("MAILDESK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -61,3 +62,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def config_path(tmp_path: Path, db_url: str) -> Path:
     return write_config(tmp_path, db_url)
+
+
+@pytest.fixture
+def own_daemon(tmp_path: Path) -> Iterator[Daemon]:
+    """A `maildesk serve` of one test's own (it starts, restarts, reloads or stops it),
+    killed at the end whatever happened."""
+    d = Daemon(tmp_path)
+    try:
+        yield d
+    finally:
+        d.kill()

@@ -38,15 +38,6 @@ def get(listen: str, path: str) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-@pytest.fixture
-def own_daemon(tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(tmp_path / "d")
-    try:
-        yield d
-    finally:
-        d.kill()
-
-
 def test_json_log_lines_parse_and_carry_the_ids(own_daemon: Daemon) -> None:
     d = own_daemon
     d.config.write_text(d.config.read_text() + '\n[log]\nformat = "json"\n')

@@ -26,15 +26,6 @@ from tests.test_serve import Daemon, wait_for
 
 
 @pytest.fixture
-def own_daemon(tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(tmp_path / "d")
-    try:
-        yield d
-    finally:
-        d.kill()
-
-
-@pytest.fixture
 def own_dovecot() -> Iterator[Dovecot]:
     yield from serving()
 

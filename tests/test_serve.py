@@ -140,16 +140,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     yield from running(d)
 
 
-@pytest.fixture
-def own_daemon(tmp_path: Path) -> Iterator[Daemon]:
-    """A daemon for one test (it restarts, reloads or stops it)."""
-    d = Daemon(tmp_path)
-    try:
-        yield d
-    finally:
-        d.kill()
-
-
 def processed(desk: Desk, message_id: str) -> int | None:
     """The ticket of a processed inbox message with this Message-ID."""
     for item in inbox.list_items(desk.db, limit=1000):
