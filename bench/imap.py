@@ -34,8 +34,9 @@ from maildesk.intake.imap import ImapIntake  # noqa: E402
 from maildesk.store import Database, deferred  # noqa: E402
 from maildesk.store.tables import InboxRow, TicketRow  # noqa: E402
 from maildesk.worker import Worker  # noqa: E402
-from tests.dovecot import USERS, Dovecot, dovecot_missing, remove, start_dovecot  # noqa: E402
+from tests.dovecot import Dovecot, dovecot_missing, remove, start_dovecot  # noqa: E402
 from tests.helpers import message, write_config  # noqa: E402
+from tests.test_imap import mailbox_toml  # noqa: E402
 
 PER_THREAD = 4  # a question and three follow-ups
 BODY = ("Hello,\n\nour order {k} has not arrived yet and the tracking page shows no update "
@@ -85,17 +86,8 @@ def counts(db: Database) -> tuple[int, int, int]:
 
 
 def run(server: Dovecot, work: Path, args: argparse.Namespace) -> dict[str, float]:
-    processed = "" if args.seen else 'processed_folder = "Processed"\n'
-    cfg = write_config(work, args.db_url or f"sqlite:///{work}/bench.db", f"""
-[[mailboxes]]
-name = "bench"
-host = "{server.host}"
-port = {server.port}
-tls = "none"
-username = "alice"
-password = "{USERS['alice']}"
-batch_size = {args.batch}
-{processed}""")
+    cfg = write_config(work, args.db_url or f"sqlite:///{work}/bench.db", mailbox_toml(
+        "bench", server, batch=args.batch, processed=None if args.seen else "Processed"))
     settings = load_settings(cfg)
     db = open_database(settings)
     worker = Worker(db, build_pipeline(settings, db), batch=args.worker_batch)

@@ -31,8 +31,9 @@ from email.parser import BytesHeaderParser
 from pathlib import Path
 
 from tests.daemon_proc import Capture, Serve, free_port
-from tests.dovecot import USERS, Dovecot
+from tests.dovecot import Dovecot
 from tests.helpers import message
+from tests.test_imap import mailbox_toml
 
 AGENT = "alice@agents.example.com"
 DKIM_PASS = "mx.example.com; dkim=pass header.d=agents.example.com header.s=sel1"
@@ -196,19 +197,8 @@ def config(work: Path, transport: str, smtp_port: int, capture_port: int,
            server: Dovecot | None, box: str, done: str) -> Path:
     outbound = (f'transport = "maildir"\nmaildir = "{work}/outbox"' if transport == "maildir"
                 else f'transport = "smtp"\nhost = "127.0.0.1"\nport = {capture_port}')
-    mailbox = "" if server is None else f"""
-[[mailboxes]]
-name = "crash"
-host = "{server.host}"
-port = {server.port}
-tls = "none"
-username = "alice"
-password = "{USERS['alice']}"
-folder = "{box}"
-processed_folder = "{done}"
-poll_interval = "1s"
-idle = true
-"""
+    mailbox = "" if server is None else mailbox_toml("crash", server, box=box, processed=done,
+                                                     poll="1s")
     path = work / "maildesk.toml"
     path.write_text(f"""
 [desk]
