@@ -42,13 +42,13 @@ def _times(r: Tx, cfg: Settings, rows: Any) -> dict[Leaf, Times]:
     from maildesk.report import Times
 
     found: dict[Leaf, Times] = {}
-    unrecorded: list[int] = []
+    unrecorded: dict[int, tuple[Times, float | None, float | None]] = {}
     for queue, assignee, priority, wall1, biz1, wall2, biz2, old in rows:  # a million: tight
         t = found.get((queue, assignee, priority))
         if t is None:
             t = found[(queue, assignee, priority)] = Times()
         if old is not None:
-            unrecorded.append(old)
+            unrecorded[old] = (t, wall1, wall2)
             continue
         first, first_biz, done, done_biz = t.lists
         if wall1 is not None:
@@ -57,31 +57,30 @@ def _times(r: Tx, cfg: Settings, rows: Any) -> dict[Leaf, Times]:
         if wall2 is not None:
             done.append(wall2)
             done_biz.append(biz2)
-    if unrecorded:
-        _compute(r, cfg, unrecorded, found)
+    for i, (biz1, biz2) in _business_times(r, cfg, list(unrecorded)).items():
+        t, wall1, wall2 = unrecorded[i]
+        t.add((wall1, biz1, wall2, biz2))  # each None with its wall time
     for t in found.values():
         t.sort()
     return found
 
 
-def _compute(r: Tx, cfg: Settings, ids: list[int], into: dict[Leaf, Times]) -> None:
+def _business_times(r: Tx, cfg: Settings, ids: list[int]
+                    ) -> dict[int, tuple[float | None, float | None]]:
+    """maildesk.deadlines' business times of these tickets, by id."""
     from maildesk import deadlines
-    from maildesk.report import Times
-    from maildesk.sla import DONE, policy_for
+    from maildesk.sla import policy_for
     from maildesk.store import tickets
     from maildesk.store.raw import placeholders
 
+    out: dict[int, tuple[float | None, float | None]] = {}
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
         for t in tickets.find(r, f"id IN ({placeholders(len(chunk))})", chunk):
             deadlines.track_business_times(t, deadlines.business_calendar(
                 cfg, policy_for(cfg.sla, t.queue, t.priority)))
-            done = deadlines.done_at(t) if t.status in DONE else None
-            into.setdefault((t.queue, t.assignee, t.priority), Times()).add([
-                (t.first_response_at - t.created_at).total_seconds()
-                if t.first_response_at else None, t.first_response_business,
-                (done - t.created_at).total_seconds() if done else None,
-                t.resolution_business])
+            out[t.id] = (t.first_response_business, t.resolution_business)
+    return out
 
 
 def register(sub: Any, add: Adder) -> None:

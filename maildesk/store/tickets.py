@@ -356,7 +356,7 @@ def open_counts(s: Tx, agents: Sequence[str]) -> dict[str, int]:
 
 
 _REPORT = "merged_into IS NULL AND created_at >= ?"  # ix_ticket_live_created: one range
-_DONE = "status IN ('solved', 'closed')"  # sla.DONE
+_DONE = f"status IN ('{Status.SOLVED.value}', '{Status.CLOSED.value}')"  # sla.DONE
 _DONE_AT = f"CASE WHEN {_DONE} THEN COALESCE(solved_at, closed_at, updated_at) END"
 
 
