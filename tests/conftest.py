@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import write_config
+from tests.sla_desk import SlaDesk
 from tests.test_serve import Daemon
 
 PG_ADMIN_URL = os.environ.get("MAILDESK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -73,3 +74,12 @@ def own_daemon(tmp_path: Path) -> Iterator[Daemon]:
         yield d
     finally:
         d.kill()
+
+
+@pytest.fixture
+def sd(tmp_path: Path, db_url: str) -> Iterator[SlaDesk]:
+    """A desk with the SLA policy "office" and a clock the test sets (tests.sla_desk),
+    once on SQLite and once on PostgreSQL."""
+    d = SlaDesk.open(tmp_path, db_url)
+    yield d
+    d.close()

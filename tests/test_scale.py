@@ -6,10 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from maildesk.store import tickets
 from tests.sla_desk import SlaDesk, at
@@ -17,22 +14,15 @@ from tests.sla_desk import SlaDesk, at
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def desk(tmp_path: Path, db_url: str) -> Iterator[SlaDesk]:
-    d = SlaDesk.open(tmp_path, db_url)
-    yield d
-    d.close()
-
-
-def test_report_since_reads_its_period_from_an_index(desk: SlaDesk) -> None:
-    desk.customer("2026-10-05 10:00", frm="old@customer.example", subject="Old")
-    desk.customer("2026-11-23 10:00", frm="a@customer.example", subject="Monday")
-    desk.customer("2026-11-24 09:00", frm="b@customer.example", subject="Tuesday")
-    with desk.desk.db.read() as s:
+def test_report_since_reads_its_period_from_an_index(sd: SlaDesk) -> None:
+    sd.customer("2026-10-05 10:00", frm="old@customer.example", subject="Old")
+    sd.customer("2026-11-23 10:00", frm="a@customer.example", subject="Monday")
+    sd.customer("2026-11-24 09:00", frm="b@customer.example", subject="Tuesday")
+    with sd.desk.db.read() as s:
         now = at("2026-11-23 10:30")  # only the old one is past its due time
         every = [row[4] for row in tickets.report_tallies(s, None, now)]
         since = [row[4] for row in tickets.report_tallies(s, at("2026-11-23 10:00"), now)]
-        if not desk.desk.db.is_sqlite:  # a three-row table: make the planner show the index
+        if not sd.desk.db.is_sqlite:  # a three-row table: make the planner show the index
             s.connection().exec_driver_sql("SET LOCAL enable_seqscan = off")
         plan = tickets.report_plan(s, at("2026-11-23 10:00"))
     # their first responses: the old one long past due, the others still to come

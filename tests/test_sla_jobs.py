@@ -8,11 +8,8 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-
-import pytest
 
 from maildesk.scheduler import Jobs
 from maildesk.store import Database
@@ -22,13 +19,6 @@ from tests.sla_desk import OFFICE, SlaDesk, at
 
 ALICE, BOB, LEAD = "alice@agents.example.com", "bob@agents.example.com", "lead@agents.example.com"
 CAROL = "carol@customer.example"
-
-
-@pytest.fixture
-def sd(tmp_path: Path, db_url: str) -> Iterator[SlaDesk]:
-    d = SlaDesk.open(tmp_path, db_url)
-    yield d
-    d.close()
 
 
 def test_one_reminder_and_one_breach_per_due_time_to_the_right_people(sd: SlaDesk) -> None:
